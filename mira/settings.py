@@ -1,0 +1,96 @@
+"""One settings object for mira, read from ``MIRA_``-prefixed environment variables; flags override."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mira.errors import ConfigError
+from storage import S3Config
+
+MIN_SECRET_BYTES = 16
+
+
+class Settings(BaseSettings):
+    """Where mira's stores and engines are; every field has a ``MIRA_`` variable and a CLI flag."""
+
+    model_config = SettingsConfigDict(env_prefix="MIRA_", extra="ignore", frozen=True)
+
+    gateway_url: str = Field(
+        "data/gateway",
+        description="Gateway store (PHI side): drop zone and quarantine. A folder or s3://bucket/prefix.",
+    )
+    research_url: str = Field(
+        "data/research",
+        description="Research store (de-identified only). A folder or s3://bucket/prefix.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint for MinIO, Ceph, SeaweedFS...; empty means AWS."
+    )
+    s3_access_key_id: str | None = Field(
+        None, validation_alias=AliasChoices("MIRA_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("MIRA_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
+    )
+    s3_region: str | None = Field(
+        None, validation_alias=AliasChoices("MIRA_S3_REGION", "AWS_DEFAULT_REGION", "AWS_REGION")
+    )
+    dask_address: str = Field(
+        "",
+        description="Scheduler address of an existing Dask cluster; empty starts a LocalCluster.",
+    )
+    dask_workers: int = Field(0, description="Workers of the LocalCluster; 0 means one per core.")
+    prefect_api_url: str = Field(
+        "",
+        validation_alias=AliasChoices("MIRA_PREFECT_API_URL", "PREFECT_API_URL"),
+        description="Prefect server API; empty runs flows on an ephemeral local server.",
+    )
+    deid_secret: SecretStr | None = Field(
+        None, description="Key of the keyed pseudonyms (HMAC); stays on the gateway side."
+    )
+    deid_secret_file: Path | None = Field(None, description="File holding the pseudonym key.")
+
+    def with_overrides(self, **flags: Any) -> Settings:
+        """Return a copy where every flag that was given (not None) replaces the setting."""
+        given = {name: value for name, value in flags.items() if value is not None}
+        return self.model_copy(update=given) if given else self
+
+    def s3_config(self) -> S3Config:
+        """The S3 connection details the storage layer needs."""
+        secret = self.s3_secret_access_key.get_secret_value() if self.s3_secret_access_key else None
+        return S3Config(
+            endpoint_url=self.s3_endpoint_url or None,
+            access_key_id=self.s3_access_key_id,
+            secret_access_key=secret,
+            region=self.s3_region,
+        )
+
+    def deid_key(self) -> bytes:
+        """The pseudonym key as bytes; fails with a clear message when none is configured."""
+        if self.deid_secret is not None:
+            key = self.deid_secret.get_secret_value().encode()
+        elif self.deid_secret_file is not None:
+            try:
+                key = self.deid_secret_file.read_bytes().strip()
+            except OSError as err:
+                raise ConfigError(
+                    f"cannot read MIRA_DEID_SECRET_FILE {self.deid_secret_file}: {err}"
+                ) from err
+        else:
+            raise ConfigError(
+                "no de-identification secret: set MIRA_DEID_SECRET or MIRA_DEID_SECRET_FILE"
+            )
+        if len(key) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"the de-identification secret must be at least {MIN_SECRET_BYTES} bytes"
+            )
+        return key
+
+
+def load_settings(**flags: Any) -> Settings:
+    """Settings from the environment, with command-line flags (non-None values) on top."""
+    return Settings().with_overrides(**flags)

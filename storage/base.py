@@ -1,0 +1,209 @@
+"""The store contract every backend implements, and the small records it returns."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, BinaryIO, Literal
+
+CHUNK_BYTES = 8 * 1024 * 1024
+LockMode = Literal["COMPLIANCE", "GOVERNANCE"]
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """How to reach an S3-compatible service; empty fields fall back to the AWS defaults."""
+
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object as the backend describes it. ``sha256`` is set when mira computed it."""
+
+    key: str
+    size: int
+    etag: str | None = None
+    version_id: str | None = None
+    last_modified: datetime | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Object Lock retention of one object version (write-once until ``until``)."""
+
+    mode: LockMode
+    until: datetime
+
+
+class HashingReader:
+    """Wraps a binary stream and hashes (SHA-256) every byte read through it."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._hash.update(data)
+        self.size += len(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def sha256_stream(stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> tuple[str, int]:
+    """SHA-256 and size of everything left in ``stream``, read in bounded chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := stream.read(chunk_bytes):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def read_up_to(stream: BinaryIO, size: int) -> bytes:
+    """Read ``size`` bytes, or fewer only at the end of the stream (raw streams return short reads)."""
+    first = stream.read(size)
+    if len(first) == size or not first:
+        return first
+    pieces = [first]
+    missing = size - len(first)
+    while missing and (piece := stream.read(missing)):
+        pieces.append(piece)
+        missing -= len(piece)
+    return b"".join(pieces)
+
+
+def join_key(*parts: str) -> str:
+    """Join key segments with single slashes, ignoring empty segments."""
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+class Store(ABC):
+    """An object store rooted at a URL: keys are ``/``-separated paths relative to that root.
+
+    Local folders and S3 prefixes behave the same through this interface; only ``storage/``
+    knows which one it is talking to.
+    """
+
+    url: str
+
+    @abstractmethod
+    def child(self, prefix: str) -> Store:
+        """A store rooted at ``prefix`` below this one."""
+
+    def url_of(self, key: str) -> str:
+        """The full URL of ``key``, for messages and manifests."""
+        return f"{self.url.rstrip('/')}/{key.lstrip('/')}" if key else self.url
+
+    @abstractmethod
+    def open_read(self, key: str, version_id: str | None = None) -> BinaryIO:
+        """A seekable binary stream of the object (or of one version of it)."""
+
+    def read_bytes(self, key: str, version_id: str | None = None) -> bytes:
+        """The whole object in memory; use ``open_read`` for large objects."""
+        with self.open_read(key, version_id) as stream:
+            return stream.read()
+
+    def read_json(self, key: str) -> Any:
+        """Parse the object as JSON."""
+        return json.loads(self.read_bytes(key))
+
+    @abstractmethod
+    def write_stream(
+        self,
+        key: str,
+        stream: BinaryIO,
+        *,
+        exclusive: bool = False,
+        retention: Retention | None = None,
+    ) -> ObjectInfo:
+        """Publish the stream's bytes atomically at ``key`` and return the new object's info.
+
+        Readers see the previous object or the complete new one, never a part. With
+        ``exclusive`` the write fails with ``AlreadyExists`` if ``key`` exists. With
+        ``retention`` the new version is locked (S3 Object Lock; read-only on local disk).
+        The returned info carries the SHA-256 computed while streaming.
+        """
+
+    def write_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        exclusive: bool = False,
+        retention: Retention | None = None,
+    ) -> ObjectInfo:
+        """Publish ``data`` atomically at ``key`` (see ``write_stream``)."""
+        import io
+
+        return self.write_stream(key, io.BytesIO(data), exclusive=exclusive, retention=retention)
+
+    def write_json(self, key: str, value: Any, *, exclusive: bool = False) -> ObjectInfo:
+        """Publish ``value`` as indented, key-sorted JSON."""
+        text = json.dumps(value, indent=2, sort_keys=True, default=str) + "\n"
+        return self.write_bytes(key, text.encode(), exclusive=exclusive)
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object below ``prefix``, recursively, sorted by key, with sizes."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object exists at ``key``."""
+
+    @abstractmethod
+    def info(self, key: str) -> ObjectInfo:
+        """Size, etag and version id of the object at ``key``."""
+
+    @abstractmethod
+    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+        """Copy an object within this store; the destination is published atomically."""
+
+    @abstractmethod
+    def delete(self, key: str, version_id: str | None = None) -> None:
+        """Delete an object (or one version); ``ObjectLocked`` if retention forbids it."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object below ``prefix``; returns how many were deleted."""
+        keys = [obj.key for obj in self.list(prefix)]
+        for key in keys:
+            self.delete(key)
+        return len(keys)
+
+    def sha256(self, key: str, version_id: str | None = None) -> str:
+        """SHA-256 of the object, streamed in bounded chunks."""
+        with self.open_read(key, version_id) as stream:
+            return sha256_stream(stream)[0]
+
+    @property
+    @abstractmethod
+    def supports_object_lock(self) -> bool:
+        """Whether writes can carry true WORM retention (an S3 bucket with Object Lock)."""
+
+    @abstractmethod
+    def set_retention(self, key: str, retention: Retention, version_id: str | None = None) -> None:
+        """Lock an existing object version until ``retention.until``."""
+
+    @abstractmethod
+    def get_retention(self, key: str, version_id: str | None = None) -> Retention | None:
+        """The retention of an object version, or None when it is not locked."""
+
+    @abstractmethod
+    def zarr_store(self, prefix: str, *, read_only: bool = False) -> Any:
+        """A zarr v3 store rooted at ``prefix``, writing straight to this backend."""
+
+    @abstractmethod
+    def local_path(self, key: str) -> str | None:
+        """The filesystem path of ``key`` when the store is a local folder, else None."""

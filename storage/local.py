@@ -1,0 +1,218 @@
+"""A local folder as a store: the embedded default. Atomic publish by rename, exclusive by link."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import stat
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from mira.errors import AccessDenied, AlreadyExists, InvalidInput, ObjectLocked, ObjectNotFound
+from storage.base import CHUNK_BYTES, ObjectInfo, Retention, Store, join_key
+
+TEMP_MARK = ".~mira-tmp-"
+RETENTION_XATTR = "user.mira.retention"
+READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+
+
+class LocalStore(Store):
+    """Objects are files below ``root``; keys are relative posix paths.
+
+    "Locking" a file makes it read-only and refuses deletion through mira. That protects
+    against mistakes, not against an administrator: it is weaker than S3 Object Lock.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.url = str(self.root)
+
+    def __repr__(self) -> str:
+        return f"LocalStore({self.url!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (LocalStore, (self.root,))
+
+    def child(self, prefix: str) -> LocalStore:
+        return LocalStore(self._path(prefix)) if prefix.strip("/") else self
+
+    def _path(self, key: str) -> Path:
+        parts = [p for p in key.split("/") if p]
+        if any(p in (".", "..") for p in parts) or key.startswith(TEMP_MARK):
+            raise InvalidInput(f"invalid key {key!r} in {self.url}")
+        return self.root.joinpath(*parts)
+
+    def local_path(self, key: str) -> str:
+        return str(self._path(key))
+
+    def open_read(self, key: str, version_id: str | None = None) -> BinaryIO:
+        path = self._path(key)
+        try:
+            return path.open("rb")
+        except FileNotFoundError as err:
+            raise ObjectNotFound(f"no such object: {self.url_of(key)}") from err
+        except IsADirectoryError as err:
+            raise ObjectNotFound(f"not an object (a folder): {self.url_of(key)}") from err
+        except PermissionError as err:
+            raise AccessDenied(f"permission denied: {self.url_of(key)}") from err
+
+    def write_stream(
+        self,
+        key: str,
+        stream: BinaryIO,
+        *,
+        exclusive: bool = False,
+        retention: Retention | None = None,
+    ) -> ObjectInfo:
+        path = self._path(key)
+        if path.exists() and not exclusive and _is_read_only(path):
+            raise ObjectLocked(f"object is locked (read-only): {self.url_of(key)}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as err:
+            raise InvalidInput(f"a parent of {self.url_of(key)} is an object") from err
+        temp = path.with_name(f"{TEMP_MARK}{path.name}.{uuid.uuid4().hex}")
+        try:
+            digest, size = _write_temp(temp, stream)
+            self._publish(temp, path, key, exclusive)
+        finally:
+            temp.unlink(missing_ok=True)
+        if retention is not None:
+            self.set_retention(key, retention)
+        return self._info(path, key, sha256=digest, size=size)
+
+    def _publish(self, temp: Path, path: Path, key: str, exclusive: bool) -> None:
+        if not exclusive:
+            os.replace(temp, path)
+            return
+        try:
+            os.link(temp, path)  # fails atomically when the key exists
+        except FileExistsError as err:
+            raise AlreadyExists(f"object already exists: {self.url_of(key)}") from err
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = self._path(prefix)
+        if base.is_file():
+            yield self._info(base, join_key(prefix))
+            return
+        walk_root = base if base.is_dir() else base.parent
+        if not walk_root.is_dir():
+            return
+        wanted = join_key(prefix) if not base.is_dir() else ""
+        found: list[tuple[str, Path]] = []
+        for dirpath, dirnames, filenames in os.walk(walk_root):
+            dirnames.sort()
+            for name in filenames:
+                if name.startswith(TEMP_MARK):
+                    continue
+                full = Path(dirpath, name)
+                key = full.relative_to(self.root).as_posix()
+                if key.startswith(wanted):
+                    found.append((key, full))
+        for key, full in sorted(found):
+            yield self._info(full, key)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def info(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFound(f"no such object: {self.url_of(key)}")
+        return self._info(path, key)
+
+    def _info(
+        self, path: Path, key: str, sha256: str | None = None, size: int | None = None
+    ) -> ObjectInfo:
+        st = path.stat()
+        return ObjectInfo(
+            key=key,
+            size=st.st_size if size is None else size,
+            etag=f"{st.st_mtime_ns:x}-{st.st_size:x}",
+            last_modified=datetime.fromtimestamp(st.st_mtime, UTC),
+            sha256=sha256,
+        )
+
+    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+        with self.open_read(src_key) as src:
+            return self.write_stream(dst_key, src)
+
+    def delete(self, key: str, version_id: str | None = None) -> None:
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFound(f"no such object: {self.url_of(key)}")
+        if _is_read_only(path):
+            raise ObjectLocked(f"object is locked (read-only): {self.url_of(key)}")
+        path.unlink()
+        _prune_empty_parents(path.parent, self.root)
+
+    @property
+    def supports_object_lock(self) -> bool:
+        return False
+
+    def set_retention(self, key: str, retention: Retention, version_id: str | None = None) -> None:
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFound(f"no such object: {self.url_of(key)}")
+        record = json.dumps({"mode": retention.mode, "until": retention.until.isoformat()})
+        with contextlib.suppress(OSError):  # not every filesystem keeps user xattrs
+            os.setxattr(path, RETENTION_XATTR, record.encode())
+        path.chmod(READ_ONLY)
+
+    def get_retention(self, key: str, version_id: str | None = None) -> Retention | None:
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFound(f"no such object: {self.url_of(key)}")
+        if not _is_read_only(path):
+            return None
+        try:
+            record = json.loads(os.getxattr(path, RETENTION_XATTR))
+        except OSError:
+            return Retention(mode="GOVERNANCE", until=datetime.max.replace(tzinfo=UTC))
+        return Retention(mode=record["mode"], until=datetime.fromisoformat(record["until"]))
+
+    def zarr_store(self, prefix: str, *, read_only: bool = False) -> Any:
+        from zarr.storage import LocalStore as ZarrLocalStore
+
+        return ZarrLocalStore(self._path(prefix), read_only=read_only)
+
+
+def _write_temp(temp: Path, stream: BinaryIO) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with temp.open("xb") as out:
+        while chunk := stream.read(CHUNK_BYTES):
+            digest.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return digest.hexdigest(), size
+
+
+def _is_read_only(path: Path) -> bool:
+    return not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _prune_empty_parents(folder: Path, root: Path) -> None:
+    """Remove folders left empty by a delete, up to (not including) the store root."""
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a local folder tree, read-only files included (used by tests and ``clean``)."""
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            Path(dirpath, name).chmod(stat.S_IRUSR | stat.S_IWUSR)
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,285 @@
+"""S3 (AWS, MinIO, Ceph, SeaweedFS...) as a store, through s3fs.
+
+Single PUTs and completed multipart uploads are atomic for readers. Exclusive create is a
+conditional write (``If-None-Match: *``); Object Lock retention travels with the write.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import hashlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any, BinaryIO
+
+import s3fs
+
+from mira.errors import AccessDenied, InvalidInput, ObjectLocked, ObjectNotFound
+from storage.base import ObjectInfo, Retention, S3Config, Store, join_key, read_up_to
+from storage.errors import translate_errors, with_retries
+
+PART_BYTES = 16 * 1024 * 1024
+READ_BLOCK_BYTES = 8 * 1024 * 1024
+
+
+@functools.lru_cache(maxsize=8)
+def _filesystem(config: S3Config, asynchronous: bool = False) -> s3fs.S3FileSystem:
+    client_kwargs: dict[str, Any] = {}
+    if config.endpoint_url:
+        client_kwargs["endpoint_url"] = config.endpoint_url
+    if config.region:
+        client_kwargs["region_name"] = config.region
+    return s3fs.S3FileSystem(
+        key=config.access_key_id,
+        secret=config.secret_access_key,
+        client_kwargs=client_kwargs,
+        version_aware=not asynchronous,
+        use_listings_cache=False,
+        asynchronous=asynchronous,
+        skip_instance_cache=asynchronous,
+    )
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """Split ``s3://bucket/prefix`` into bucket and prefix (no surrounding slashes)."""
+    rest = url.removeprefix("s3://")
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise InvalidInput(f"S3 URL without a bucket: {url!r}")
+    return bucket, prefix.strip("/")
+
+
+class S3Store(Store):
+    """Objects below ``s3://bucket/prefix``."""
+
+    def __init__(self, url: str, config: S3Config) -> None:
+        self.bucket, self.prefix = parse_s3_url(url)
+        self.config = config
+        self.url = f"s3://{join_key(self.bucket, self.prefix)}"
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.url!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (S3Store, (self.url, self.config))
+
+    @property
+    def fs(self) -> s3fs.S3FileSystem:
+        return _filesystem(self.config)
+
+    def child(self, prefix: str) -> S3Store:
+        return S3Store(f"s3://{join_key(self.bucket, self.prefix, prefix)}", self.config)
+
+    def _key(self, key: str) -> str:
+        parts = [p for p in key.split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise InvalidInput(f"invalid key {key!r} in {self.url}")
+        return join_key(self.prefix, *parts)
+
+    def _call(self, method: str, key: str, **kwargs: Any) -> Any:
+        @with_retries
+        def call() -> Any:
+            with translate_errors(self.url_of(key)):
+                return self.fs.call_s3(method, Bucket=self.bucket, **kwargs)
+
+        return call()
+
+    def local_path(self, key: str) -> None:
+        return None
+
+    def open_read(self, key: str, version_id: str | None = None) -> BinaryIO:
+        path = f"{self.bucket}/{self._key(key)}"
+
+        @with_retries
+        def open_file() -> BinaryIO:
+            with translate_errors(self.url_of(key)):
+                handle: BinaryIO = self.fs.open(
+                    path,
+                    "rb",
+                    version_id=version_id,
+                    block_size=READ_BLOCK_BYTES,
+                    cache_type="readahead",
+                )
+                return handle
+
+        return open_file()
+
+    def write_stream(
+        self,
+        key: str,
+        stream: BinaryIO,
+        *,
+        exclusive: bool = False,
+        retention: Retention | None = None,
+    ) -> ObjectInfo:
+        digest = hashlib.sha256()
+        first = read_up_to(stream, PART_BYTES)
+        digest.update(first)
+        conditions = _write_conditions(exclusive, retention)
+        if len(first) < PART_BYTES:
+            reply = self._call("put_object", key, Key=self._key(key), Body=first, **conditions)
+            size = len(first)
+        else:
+            reply, size = self._multipart_upload(key, first, stream, digest, conditions)
+        return ObjectInfo(
+            key=key,
+            size=size,
+            etag=reply.get("ETag"),
+            version_id=reply.get("VersionId"),
+            last_modified=datetime.now(UTC),
+            sha256=digest.hexdigest(),
+        )
+
+    def _multipart_upload(
+        self, key: str, first: bytes, stream: BinaryIO, digest: Any, conditions: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        """Upload part by part (one part in memory at a time); the object appears on completion."""
+        lock_args = {k: v for k, v in conditions.items() if k.startswith("ObjectLock")}
+        upload = self._call("create_multipart_upload", key, Key=self._key(key), **lock_args)
+        upload_id = upload["UploadId"]
+        parts: builtins.list[dict[str, Any]] = []
+        size = 0
+        try:
+            chunk = first
+            while chunk:
+                number = len(parts) + 1
+                reply = self._call(
+                    "upload_part",
+                    key,
+                    Key=self._key(key),
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=chunk,
+                )
+                parts.append({"PartNumber": number, "ETag": reply["ETag"]})
+                size += len(chunk)
+                chunk = read_up_to(stream, PART_BYTES)
+                digest.update(chunk)
+            completion = {"IfNoneMatch": "*"} if "IfNoneMatch" in conditions else {}
+            done = self._call(
+                "complete_multipart_upload",
+                key,
+                Key=self._key(key),
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                **completion,
+            )
+        except BaseException:
+            self._call("abort_multipart_upload", key, Key=self._key(key), UploadId=upload_id)
+            raise
+        return done, size
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        root = join_key(self.prefix)
+        wanted = self._key(prefix) if prefix else root
+        paginator_prefix = wanted if not root or wanted != root else root + "/"
+        found = self._list_objects(paginator_prefix)
+        strip = len(root) + 1 if root else 0
+        for entry in sorted(found, key=lambda e: e["Key"]):
+            yield ObjectInfo(
+                key=entry["Key"][strip:],
+                size=int(entry["Size"]),
+                etag=entry.get("ETag"),
+                last_modified=entry.get("LastModified"),
+            )
+
+    def _list_objects(self, prefix: str) -> builtins.list[dict[str, Any]]:
+        entries: builtins.list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            extra = {"ContinuationToken": token} if token else {}
+            page = self._call("list_objects_v2", prefix, Prefix=prefix, **extra)
+            entries.extend(page.get("Contents", []))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return entries
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.info(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def info(self, key: str, version_id: str | None = None) -> ObjectInfo:
+        extra = {"VersionId": version_id} if version_id else {}
+        head = self._call("head_object", key, Key=self._key(key), **extra)
+        return ObjectInfo(
+            key=key,
+            size=int(head["ContentLength"]),
+            etag=head.get("ETag"),
+            version_id=head.get("VersionId"),
+            last_modified=head.get("LastModified"),
+        )
+
+    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+        size = self.info(src_key).size
+        if size >= 5 * 1024**3:
+            with self.open_read(src_key) as src:
+                return self.write_stream(dst_key, src)
+        source = {"Bucket": self.bucket, "Key": self._key(src_key)}
+        reply = self._call("copy_object", dst_key, Key=self._key(dst_key), CopySource=source)
+        return ObjectInfo(key=dst_key, size=size, version_id=reply.get("VersionId"))
+
+    def delete(self, key: str, version_id: str | None = None) -> None:
+        if not version_id:
+            self.info(key)  # S3 deletes are silent about missing keys; mira is not
+        extra = {"VersionId": version_id} if version_id else {}
+        try:
+            self._call("delete_object", key, Key=self._key(key), **extra)
+        except AccessDenied as err:
+            if version_id and self.get_retention(key, version_id) is not None:
+                raise ObjectLocked(
+                    f"object version is under retention: {self.url_of(key)}"
+                ) from err
+            raise
+
+    @functools.cached_property
+    def supports_object_lock(self) -> bool:
+        try:
+            reply = self._call("get_object_lock_configuration", "")
+        except (ObjectNotFound, PermissionError):
+            return False
+        return bool(reply.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled")
+
+    def set_retention(self, key: str, retention: Retention, version_id: str | None = None) -> None:
+        extra = {"VersionId": version_id} if version_id else {}
+        self._call(
+            "put_object_retention",
+            key,
+            Key=self._key(key),
+            Retention={"Mode": retention.mode, "RetainUntilDate": retention.until},
+            **extra,
+        )
+
+    def get_retention(self, key: str, version_id: str | None = None) -> Retention | None:
+        extra = {"VersionId": version_id} if version_id else {}
+        head = self._call("head_object", key, Key=self._key(key), **extra)
+        mode, until = head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
+        if not mode or not until:
+            return None
+        return Retention(mode=mode, until=until.astimezone(UTC))
+
+    def zarr_store(self, prefix: str, *, read_only: bool = False) -> Any:
+        from zarr.storage import FsspecStore
+
+        fs = _filesystem(self.config, asynchronous=True)
+        return FsspecStore(fs, path=f"{self.bucket}/{self._key(prefix)}", read_only=read_only)
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = [obj.key for obj in self.list(prefix)]
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
+            self._call("delete_objects", prefix, Delete={"Objects": batch, "Quiet": True})
+        return len(keys)
+
+
+def _write_conditions(exclusive: bool, retention: Retention | None) -> dict[str, Any]:
+    conditions: dict[str, Any] = {}
+    if exclusive:
+        conditions["IfNoneMatch"] = "*"
+    if retention is not None:
+        conditions["ObjectLockMode"] = retention.mode
+        conditions["ObjectLockRetainUntilDate"] = retention.until
+    return conditions

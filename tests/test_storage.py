@@ -1,0 +1,292 @@
+"""One contract for every store backend: a local folder and the real S3 server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import psutil
+import pytest
+
+from mira.errors import (
+    AlreadyExists,
+    ConfigError,
+    InvalidInput,
+    MiraError,
+    ObjectLocked,
+    ObjectNotFound,
+)
+from storage import Retention, Store, open_store
+from storage.local import LocalStore
+from storage.s3 import S3Store
+
+MiB = 1024 * 1024
+
+
+class PatternStream(io.RawIOBase):
+    """``size`` deterministic bytes produced on demand, never held in memory at once."""
+
+    def __init__(self, size: int) -> None:
+        self.remaining = size
+        self.block = hashlib.sha256(b"mira").digest() * (MiB // 32)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        count = min(len(buffer), self.remaining, len(self.block))
+        buffer[:count] = self.block[:count]
+        self.remaining -= count
+        return count
+
+
+class PeakRss:
+    """Samples this process's resident memory in the background while the block runs."""
+
+    def __enter__(self) -> PeakRss:
+        self.process = psutil.Process()
+        self.start = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+
+def test_write_read_roundtrip_reports_sha256(store: Store) -> None:
+    info = store.write_bytes("a/b/c.bin", b"hello mira")
+    assert info.sha256 == hashlib.sha256(b"hello mira").hexdigest()
+    assert info.size == 10
+    assert store.read_bytes("a/b/c.bin") == b"hello mira"
+    assert store.sha256("a/b/c.bin") == info.sha256
+    assert store.exists("a/b/c.bin")
+    assert not store.exists("a/b/missing.bin")
+
+
+def test_list_is_recursive_sorted_with_sizes(store: Store) -> None:
+    for key, size in [("x/2.bin", 2), ("x/1.bin", 1), ("x/deep/er/3.bin", 3), ("y/4.bin", 4)]:
+        store.write_bytes(key, b"z" * size)
+    listed = [(o.key, o.size) for o in store.list("x")]
+    assert listed == [("x/1.bin", 1), ("x/2.bin", 2), ("x/deep/er/3.bin", 3)]
+    assert [o.key for o in store.list()] == ["x/1.bin", "x/2.bin", "x/deep/er/3.bin", "y/4.bin"]
+    assert list(store.list("nothing-here")) == []
+
+
+def test_info_copy_delete(store: Store) -> None:
+    store.write_bytes("src.txt", b"payload")
+    info = store.info("src.txt")
+    assert info.size == 7 and info.etag
+    store.copy("src.txt", "dst/copy.txt")
+    assert store.read_bytes("dst/copy.txt") == b"payload"
+    store.delete("src.txt")
+    assert not store.exists("src.txt")
+    with pytest.raises(ObjectNotFound, match=r"src\.txt"):
+        store.read_bytes("src.txt")
+    with pytest.raises(ObjectNotFound):
+        store.delete("src.txt")
+    with pytest.raises(FileNotFoundError):  # mira's errors are also the matching builtins
+        store.info("never.txt")
+
+
+def test_overwrite_replaces_whole_object(store: Store) -> None:
+    store.write_bytes("k", b"old" * 1000)
+    store.write_bytes("k", b"new")
+    assert store.read_bytes("k") == b"new"
+
+
+def test_exclusive_create_refuses_second_writer(store: Store) -> None:
+    store.write_bytes("once.json", b"first", exclusive=True)
+    with pytest.raises(AlreadyExists, match=r"once\.json"):
+        store.write_bytes("once.json", b"second", exclusive=True)
+    assert store.read_bytes("once.json") == b"first"
+
+
+def test_exclusive_create_race_has_exactly_one_winner(store: Store) -> None:
+    def attempt(n: int) -> bool:
+        try:
+            store.write_bytes("race.txt", f"writer {n}".encode(), exclusive=True)
+        except AlreadyExists:
+            return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        wins = list(pool.map(attempt, range(8)))
+    assert wins.count(True) == 1
+    assert store.read_bytes("race.txt") == f"writer {wins.index(True)}".encode()
+
+
+def test_parallel_writers_to_different_keys(store: Store) -> None:
+    payloads = {
+        f"par/{n:03d}.bin": hashlib.sha256(str(n).encode()).digest() * 64 for n in range(40)
+    }
+    with ThreadPoolExecutor(8) as pool:
+        infos = list(pool.map(lambda kv: store.write_bytes(*kv), payloads.items()))
+    assert {i.key for i in infos} == set(payloads)
+    assert [o.key for o in store.list("par")] == sorted(payloads)
+    for key, data in payloads.items():
+        assert store.read_bytes(key) == data
+
+
+def test_child_store_is_rooted_below(store: Store) -> None:
+    child = store.child("zone/one")
+    child.write_bytes("f.txt", b"1")
+    assert store.read_bytes("zone/one/f.txt") == b"1"
+    assert [o.key for o in child.list()] == ["f.txt"]
+
+
+def test_keys_cannot_escape_the_store(store: Store) -> None:
+    with pytest.raises(InvalidInput):
+        store.write_bytes("../outside.txt", b"x")
+
+
+def test_delete_prefix(store: Store) -> None:
+    for n in range(5):
+        store.write_bytes(f"tmp/{n}", b"x")
+    store.write_bytes("keep", b"x")
+    assert store.delete_prefix("tmp") == 5
+    assert [o.key for o in store.list()] == ["keep"]
+
+
+def test_readers_never_see_a_partial_object(store: Store) -> None:
+    """While a large object is being replaced, every read returns the old or the new whole."""
+    old, new = b"A" * (20 * MiB), b"B" * (20 * MiB)
+    store.write_bytes("big", old)
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            data = store.read_bytes("big")
+            assert data in (old, new)
+            seen.add(len(data))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        store.write_stream("big", io.BytesIO(new))
+        time.sleep(0.2)
+    finally:
+        done.set()
+        thread.join()
+    assert store.read_bytes("big") == new
+
+
+@pytest.mark.slow
+def test_300mb_stream_roundtrip_with_flat_memory(store: Store) -> None:
+    size = 300 * MiB
+    expected = hashlib.sha256()
+    probe = PatternStream(size)
+    while chunk := probe.read(8 * MiB):
+        expected.update(chunk)
+    with PeakRss() as writing:
+        info = store.write_stream("huge.bin", PatternStream(size))
+    assert info.size == size
+    assert info.sha256 == expected.hexdigest()
+    with PeakRss() as reading:
+        digest = hashlib.sha256()
+        total = 0
+        with store.open_read("huge.bin") as stream:
+            while chunk := stream.read(4 * MiB):
+                digest.update(chunk)
+                total += len(chunk)
+    assert total == size and digest.hexdigest() == expected.hexdigest()
+    # Bounded buffers (a part or a read block), never the 300 MB object.
+    assert writing.growth < 100 * MiB, writing.growth
+    assert reading.growth < 100 * MiB, reading.growth
+
+
+def test_local_lock_makes_object_read_only(local_store: Store) -> None:
+    until = datetime.now(UTC) + timedelta(days=1)
+    local_store.write_bytes("locked.txt", b"data", retention=Retention("COMPLIANCE", until))
+    retention = local_store.get_retention("locked.txt")
+    assert retention is not None and retention.mode == "COMPLIANCE"
+    with pytest.raises(ObjectLocked):
+        local_store.delete("locked.txt")
+    with pytest.raises(ObjectLocked):
+        local_store.write_bytes("locked.txt", b"other")
+    assert local_store.read_bytes("locked.txt") == b"data"
+    assert not local_store.supports_object_lock
+
+
+@pytest.mark.s3
+def test_compliance_lock_refuses_version_deletion(s3_lock_store: Store) -> None:
+    until = datetime.now(UTC) + timedelta(days=1)
+    info = s3_lock_store.write_bytes(
+        "worm.bin", b"evidence", retention=Retention("COMPLIANCE", until)
+    )
+    assert info.version_id
+    assert s3_lock_store.supports_object_lock
+    retention = s3_lock_store.get_retention("worm.bin", info.version_id)
+    assert retention is not None and retention.mode == "COMPLIANCE"
+    assert abs((retention.until - until).total_seconds()) < 2
+    with pytest.raises(ObjectLocked):
+        s3_lock_store.delete("worm.bin", version_id=info.version_id)
+    # Asked again, the server still has that version with its bytes.
+    assert s3_lock_store.read_bytes("worm.bin", version_id=info.version_id) == b"evidence"
+    with pytest.raises(PermissionError):
+        s3_lock_store.set_retention(
+            "worm.bin", Retention("COMPLIANCE", until - timedelta(hours=12)), info.version_id
+        )
+
+
+@pytest.mark.s3
+def test_governance_lock_on_existing_version(s3_lock_store: Store) -> None:
+    info = s3_lock_store.write_bytes("gov.bin", b"x")
+    assert s3_lock_store.get_retention("gov.bin", info.version_id) is None
+    until = datetime.now(UTC) + timedelta(hours=1)
+    s3_lock_store.set_retention("gov.bin", Retention("GOVERNANCE", until), info.version_id)
+    retention = s3_lock_store.get_retention("gov.bin", info.version_id)
+    assert retention is not None and retention.mode == "GOVERNANCE"
+    with pytest.raises(ObjectLocked):
+        s3_lock_store.delete("gov.bin", version_id=info.version_id)
+
+
+@pytest.mark.s3
+def test_large_exclusive_write_uses_conditional_multipart(s3_store: Store) -> None:
+    s3_store.write_stream("mp.bin", PatternStream(40 * MiB), exclusive=True)
+    with pytest.raises(AlreadyExists):
+        s3_store.write_stream("mp.bin", PatternStream(40 * MiB), exclusive=True)
+    assert s3_store.info("mp.bin").size == 40 * MiB
+
+
+@pytest.mark.s3
+def test_plain_bucket_has_no_object_lock(s3_store: Store) -> None:
+    assert not s3_store.supports_object_lock
+
+
+@pytest.mark.s3
+def test_unreachable_endpoint_is_a_clear_error(s3_server: object) -> None:
+    from storage import S3Config
+    from storage.seaweedfs import free_port
+
+    dead = open_store(
+        "s3://nobucket/x",
+        S3Config(
+            endpoint_url=f"http://127.0.0.1:{free_port()}", access_key_id="a", secret_access_key="b"
+        ),
+    )
+    with pytest.raises(MiraError, match="nobucket"):
+        dead.read_bytes("k")
+
+
+def test_open_store_dispatches_by_scheme(tmp_path: object) -> None:
+    assert isinstance(open_store("data/x"), LocalStore)
+    assert isinstance(open_store("file:///tmp/x"), LocalStore)
+    assert isinstance(open_store("s3://bucket/prefix"), S3Store)
+    with pytest.raises(ConfigError, match="gs://"):
+        open_store("gs://bucket")
