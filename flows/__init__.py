@@ -1,0 +1,5 @@
+"""Prefect flows: orchestration only. Each stage is a flow; ``pipeline`` chains them for a batch."""
+
+from mira.offline import apply_offline_defaults
+
+apply_offline_defaults()

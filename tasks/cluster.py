@@ -1,0 +1,38 @@
+"""The Dask cluster that fine-grained work runs on: an existing scheduler, or a LocalCluster."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+from distributed import Client, LocalCluster
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def dask_client(address: str = "", workers: int = 0, threads_per_worker: int = 1) -> Iterator[Client]:
+    """Connect to ``address`` when given, else start a LocalCluster for the block's duration.
+
+    The LocalCluster uses processes (the work is CPU-bound Python plus GIL-releasing codecs),
+    ``workers`` of them (0: one per core), and no dashboard so nothing else listens.
+    """
+    if address:
+        with Client(address) as client:
+            yield client
+        return
+    count = workers or os.cpu_count() or 1
+    with (
+        LocalCluster(
+            n_workers=count,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=None,
+            host="127.0.0.1",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        log.info("started a LocalCluster with %d workers", count)
+        yield client
