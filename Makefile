@@ -37,7 +37,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: venv lint typecheck
+test: venv lint typecheck fixtures
 	$(BIN)/python -m pytest
 
 serve: venv

@@ -1,0 +1,173 @@
+"""The catalog: Parquet tables in the research store, one part per batch, queried with DuckDB.
+
+Layout: ``catalog/<table>/<part>.parquet``. A stage writes the part for the batch it handled
+(atomically; a rerun writes the same part again, so the catalog stays idempotent), and readers
+see the union of a table's parts. Listing the catalog never pages through the data objects.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mira.errors import InvalidInput
+from storage import ObjectInfo, Store
+
+CATALOG_PREFIX = "catalog"
+TABLES = (
+    "instances",
+    "series",
+    "studies",
+    "slides",
+    "pyramids",
+    "quality",
+    "review",
+    "splits",
+    "batches",
+)
+# Columns of the tables the de-identification and conversion stages write. Every value is
+# de-identified: pseudonymous IDs and UIDs, shifted dates, no names.
+INSTANCE_SCHEMA = pa.schema(
+    [
+        ("batch", pa.string()),
+        ("key", pa.string()),  # dicom/<patient>/<study>/<series>/<instance>.dcm
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("patient_id", pa.string()),
+        ("study_uid", pa.string()),
+        ("series_uid", pa.string()),
+        ("sop_instance_uid", pa.string()),
+        ("sop_class_uid", pa.string()),
+        ("modality", pa.string()),
+        ("body_part", pa.string()),
+        ("manufacturer", pa.string()),
+        ("model", pa.string()),
+        ("study_date", pa.string()),  # shifted per patient, YYYYMMDD
+        ("pixel_spacing_row", pa.float64()),
+        ("pixel_spacing_col", pa.float64()),
+        ("slice_thickness", pa.float64()),
+        ("slice_position", pa.float64()),  # along the slice normal, mm
+        ("rows", pa.int32()),
+        ("columns", pa.int32()),
+        ("frames", pa.int32()),
+        ("transfer_syntax", pa.string()),
+        ("patient_identity_removed", pa.string()),
+        ("pixels_scrubbed", pa.bool_()),
+        ("deid_profile", pa.string()),
+        ("mira_version", pa.string()),
+    ]
+)
+SLIDE_SCHEMA = pa.schema(
+    [
+        ("batch", pa.string()),
+        ("key", pa.string()),  # slides/<slide>.tiff
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("slide_id", pa.string()),
+        ("patient_id", pa.string()),  # pseudonymous, empty when the upload named none
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("levels", pa.int32()),
+        ("mpp", pa.float64()),
+        ("magnification", pa.float64()),
+        ("vendor", pa.string()),
+        ("deid_profile", pa.string()),
+        ("mira_version", pa.string()),
+    ]
+)
+_PART_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+@dataclass(frozen=True)
+class CatalogPart:
+    """One Parquet part of a catalog table."""
+
+    table: str
+    part: str
+    key: str
+    rows: int
+
+
+def _check_names(table: str, part: str | None = None) -> None:
+    if table not in TABLES:
+        raise InvalidInput(f"unknown catalog table {table!r}; tables: {', '.join(TABLES)}")
+    if part is not None and not _PART_NAME.match(part):
+        raise InvalidInput(f"invalid catalog part name {part!r}")
+
+
+def part_key(table: str, part: str) -> str:
+    """The store key of one part."""
+    _check_names(table, part)
+    return f"{CATALOG_PREFIX}/{table}/{part}.parquet"
+
+
+def write_part(
+    store: Store, table: str, part: str, rows: pa.Table | Sequence[Mapping[str, Any]]
+) -> CatalogPart:
+    """Publish (or replace) one part of ``table`` atomically."""
+    data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows))
+    buffer = io.BytesIO()
+    pq.write_table(data, buffer, compression="zstd")
+    key = part_key(table, part)
+    store.write_bytes(key, buffer.getvalue())
+    return CatalogPart(table=table, part=part, key=key, rows=data.num_rows)
+
+
+def delete_part(store: Store, table: str, part: str) -> bool:
+    """Remove one part; returns whether it existed."""
+    key = part_key(table, part)
+    if not store.exists(key):
+        return False
+    store.delete(key)
+    return True
+
+
+def list_parts(store: Store, table: str) -> list[ObjectInfo]:
+    """The part objects of ``table``, sorted by key."""
+    _check_names(table)
+    return [o for o in store.list(f"{CATALOG_PREFIX}/{table}/") if o.key.endswith(".parquet")]
+
+
+def read_part(store: Store, table: str, part: str) -> pa.Table | None:
+    """One part, or None when it was never written."""
+    key = part_key(table, part)
+    if not store.exists(key):
+        return None
+    return pq.read_table(io.BytesIO(store.read_bytes(key)))
+
+
+def read_table(store: Store, table: str) -> pa.Table:
+    """Every part of ``table`` as one Arrow table (schemas unified; empty when none)."""
+    parts = [pq.read_table(io.BytesIO(store.read_bytes(o.key))) for o in list_parts(store, table)]
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        return pa.table({})
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def connect(store: Store, tables: Iterable[str] = TABLES) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with each non-empty catalog table registered by name."""
+    connection = duckdb.connect()
+    for table in tables:
+        data = read_table(store, table)
+        if data.num_columns:
+            connection.register(table, data)
+    return connection
+
+
+def query(store: Store, sql: str) -> pa.Table:
+    """Run ``sql`` (DuckDB dialect) over the catalog tables; returns an Arrow table."""
+    connection = connect(store, [t for t in TABLES if re.search(rf"\b{t}\b", sql)])
+    try:
+        return connection.execute(sql).to_arrow_table()
+    except duckdb.Error as err:
+        raise InvalidInput(f"catalog query failed: {err}") from err
+    finally:
+        connection.close()
