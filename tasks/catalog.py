@@ -82,6 +82,33 @@ SLIDE_SCHEMA = pa.schema(
         ("mira_version", pa.string()),
     ]
 )
+# The quality stage writes ``quality`` (one row per check and item; key "" for a batch-level
+# expectation) and ``review`` (one row per queued item; a person's decision is a newer row for
+# the same key). Split and snapshot read them only through ``excluded_keys``.
+QUALITY_SCHEMA = pa.schema(
+    [
+        ("batch", pa.string()),
+        ("key", pa.string()),
+        ("check", pa.string()),
+        ("severity", pa.string()),  # fail | warn | info
+        ("passed", pa.bool_()),
+        ("score", pa.float64()),
+        ("threshold", pa.float64()),
+        ("detail", pa.string()),
+    ]
+)
+REVIEW_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("batch", pa.string()),
+        ("kind", pa.string()),  # instance | slide
+        ("reasons", pa.string()),
+        ("status", pa.string()),  # pending | accepted | rejected
+        ("thumbnail_key", pa.string()),
+        ("updated_at", pa.string()),  # ISO 8601 UTC
+        ("decided_by", pa.string()),
+    ]
+)
 _PART_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
@@ -166,8 +193,42 @@ def query(store: Store, sql: str) -> pa.Table:
     """Run ``sql`` (DuckDB dialect) over the catalog tables; returns an Arrow table."""
     connection = connect(store, [t for t in TABLES if re.search(rf"\b{t}\b", sql)])
     try:
-        return connection.execute(sql).to_arrow_table()
+        relation = connection.sql(sql)
+        return relation.to_arrow_table() if relation is not None else pa.table({})
     except duckdb.Error as err:
         raise InvalidInput(f"catalog query failed: {err}") from err
     finally:
         connection.close()
+
+
+def excluded_keys(store: Store) -> set[str]:
+    """Keys that must stay out of splits and snapshots.
+
+    An item is excluded while its latest review row is pending or rejected, and every item of
+    a batch is excluded while a batch-level ``fail`` expectation of that batch did not pass.
+    """
+    excluded: set[str] = set()
+    review = read_table(store, "review")
+    if review.num_rows:
+        latest: dict[str, tuple[str, str]] = {}
+        for row in review.select(["key", "status", "updated_at"]).to_pylist():
+            seen = latest.get(row["key"])
+            if seen is None or row["updated_at"] >= seen[0]:
+                latest[row["key"]] = (row["updated_at"], row["status"])
+        excluded |= {key for key, (_, status) in latest.items() if status != "accepted"}
+    quality = read_table(store, "quality")
+    if quality.num_rows:
+        failed_batches = {
+            row["batch"]
+            for row in quality.to_pylist()
+            if row["key"] == "" and row["severity"] == "fail" and not row["passed"]
+        }
+        for table in ("instances", "slides"):
+            items = read_table(store, table)
+            if items.num_rows:
+                excluded |= {
+                    row["key"]
+                    for row in items.select(["batch", "key"]).to_pylist()
+                    if row["batch"] in failed_batches
+                }
+    return excluded

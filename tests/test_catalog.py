@@ -50,3 +50,38 @@ def test_empty_table_and_bad_names(store: Store) -> None:
         catalog.part_key("instances", "../escape")
     with pytest.raises(InvalidInput, match="query failed"):
         catalog.query(store, "SELECT * FROM instances")  # no part yet: no such table
+
+
+def test_excluded_keys_follow_review_and_batch_gate(local_store: Store) -> None:
+    catalog.write_part(local_store, "instances", "b1", rows("b1", 3))
+    catalog.write_part(local_store, "instances", "b2", rows("b2", 2))
+    keys_b1 = [r["key"] for r in rows("b1", 3)]
+    review = [
+        {
+            "key": keys_b1[0],
+            "batch": "b1",
+            "status": "pending",
+            "updated_at": "2026-01-01T00:00:00Z",
+        },
+        {
+            "key": keys_b1[1],
+            "batch": "b1",
+            "status": "pending",
+            "updated_at": "2026-01-01T00:00:00Z",
+        },
+        {
+            "key": keys_b1[1],
+            "batch": "b1",
+            "status": "accepted",
+            "updated_at": "2026-01-02T00:00:00Z",
+        },
+    ]
+    catalog.write_part(local_store, "review", "b1", review)
+    quality = [
+        {"batch": "b2", "key": "", "check": "uids-unique", "severity": "fail", "passed": False},
+        {"batch": "b1", "key": "", "check": "uids-unique", "severity": "fail", "passed": True},
+        {"batch": "b1", "key": "", "check": "style", "severity": "warn", "passed": False},
+    ]
+    catalog.write_part(local_store, "quality", "b1", quality)
+    excluded = catalog.excluded_keys(local_store)
+    assert excluded == {keys_b1[0]} | {r["key"] for r in rows("b2", 2)}
