@@ -10,6 +10,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -19,7 +20,7 @@ from rich.progress import (
 @contextlib.contextmanager
 def step_progress(console: Console) -> Iterator[Callable[[str, int, int], None]]:
     """A callback ``(step, done, total)`` that draws one bar per step description."""
-    bars: dict[str, int] = {}
+    bars: dict[str, TaskID] = {}
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
