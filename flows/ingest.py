@@ -6,12 +6,12 @@ import dataclasses
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from tasks.ingest import IngestResult, ingest_batch
 
 from flows.params import StoreParams
 from flows.retry import RETRY_POLICY
 from mira.settings import Settings
 from storage import open_store
+from tasks.ingest import IngestResult, ingest_batch
 
 
 @task(name="ingest-batch", **RETRY_POLICY)

@@ -59,16 +59,26 @@ def common(
     ] = False,
 ) -> None:
     """Settings come from MIRA_* environment variables; these flags override them."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(verbose)
     ctx.obj = load_settings(
         gateway_url=gateway,
         research_url=research,
         s3_endpoint_url=s3_endpoint,
         dask_address=dask_address,
     )
+
+
+def configure_logging(verbose: bool) -> None:
+    """WARNING and up by default; INFO with ``--verbose``. Dask's chatter stays at WARNING."""
+    level = logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler()
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("distributed", "tornado", "bokeh", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def register_commands() -> None:

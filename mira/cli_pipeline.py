@@ -84,13 +84,12 @@ def demo(
     slide_size: Annotated[int, typer.Option(min=512, help="Sample slide side in pixels.")] = 20_000,
 ) -> None:
     """Generate sample data and run the whole pipeline on it, on local folders."""
-    from tasks.ingest import find_ready_batches
-    from tasks.sample_data import generate_sample_data
-
     from flows.params import StoreParams
     from flows.pipeline import pipeline
     from mira.progress import step_progress
     from storage import open_store
+    from tasks.ingest import find_ready_batches
+    from tasks.sample_data import generate_sample_data
 
     settings = settings_of(ctx).with_overrides(
         gateway_url=str(data / "gateway"), research_url=str(data / "research")

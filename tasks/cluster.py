@@ -13,7 +13,9 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def dask_client(address: str = "", workers: int = 0, threads_per_worker: int = 1) -> Iterator[Client]:
+def dask_client(
+    address: str = "", workers: int = 0, threads_per_worker: int = 1
+) -> Iterator[Client]:
     """Connect to ``address`` when given, else start a LocalCluster for the block's duration.
 
     The LocalCluster uses processes (the work is CPU-bound Python plus GIL-releasing codecs),

@@ -18,15 +18,14 @@ from mira.errors import InvalidInput
 from tasks.sample_data import (
     MIXED_BATCH,
     PATHOLOGY_BATCH,
-    PRIVATE_CREATOR,
     RADIOLOGY_BATCH,
     UPLOADING_BATCH,
     US_BANNER_ROWS,
     SampleDataSummary,
     generate_sample_data,
-    make_patient,
     render_ultrasound,
 )
+from tasks.sample_identities import PRIVATE_CREATOR, make_patient
 
 SLIDE_SIZE = 2048
 SEED = 7
