@@ -401,7 +401,8 @@ def generate_sample_data(
         slide_identity(owner.name, owner.patient_id, owner.studies["CT"].date, index, seed)
         for index, owner in ((i, people[i % patients]) for i in range(slides))
     ]
-    write_pathology_batch(out_dir / PATHOLOGY_BATCH, identities, slide_size, report)
+    if identities:  # with --slides 0 there is no pathology batch at all
+        write_pathology_batch(out_dir / PATHOLOGY_BATCH, identities, slide_size, report)
     for batch in (RADIOLOGY_BATCH, MIXED_BATCH):
         (out_dir / batch / READY_MARKER).write_bytes(b"")
     patients_truth = [
@@ -410,7 +411,8 @@ def generate_sample_data(
     ]
     truth_path = out_dir / PHI_TRUTH
     truth_path.write_text(json.dumps({"seed": seed, "patients": patients_truth}, indent=2) + "\n")
-    return SampleDataSummary(out_dir, BATCHES, valid, slides, broken, truth_path)
+    batches = tuple(b for b in BATCHES if slides or b != PATHOLOGY_BATCH)
+    return SampleDataSummary(out_dir, batches, valid, slides, broken, truth_path)
 
 
 def _write_dicom_batches(

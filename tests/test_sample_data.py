@@ -269,3 +269,10 @@ def test_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("user data")
     with pytest.raises(InvalidInput, match="not empty"):
         generate_sample_data(tmp_path, slides=0)
+
+
+def test_no_slides_means_no_pathology_batch(tmp_path: Path) -> None:
+    summary = generate_sample_data(tmp_path / "dz", patients=1, slides=0)
+    assert summary.slides == 0
+    assert all("pathology" not in b for b in summary.batches)
+    assert not any((tmp_path / "dz").glob("*pathology*"))
