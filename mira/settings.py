@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         None, description="Key of the keyed pseudonyms (HMAC); stays on the gateway side."
     )
     deid_secret_file: Path | None = Field(None, description="File holding the pseudonym key.")
+    deid_profile: Path | None = Field(
+        None, description="De-identification profile file (JSON/YAML); empty: the default profile."
+    )
+    webhook_urls: str = Field(
+        "", description="Comma-separated URLs that receive a JSON POST when a pipeline run ends."
+    )
 
     def with_overrides(self, **flags: Any) -> Settings:
         """Return a copy where every flag that was given (not None) replaces the setting."""
@@ -89,6 +95,11 @@ class Settings(BaseSettings):
                 f"the de-identification secret must be at least {MIN_SECRET_BYTES} bytes"
             )
         return key
+
+
+    def webhooks(self) -> list[str]:
+        """The configured webhook URLs, in order."""
+        return [url.strip() for url in self.webhook_urls.split(",") if url.strip()]
 
 
 def load_settings(**flags: Any) -> Settings:

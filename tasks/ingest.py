@@ -38,6 +38,7 @@ from tasks.dropzone import (
     load_batch,
 )
 from tasks.inspection import Inspection, Rejection
+from tasks.quarantine import QuarantineEntry, quarantine
 from tasks.sniff import inspect_object
 
 __all__ = [
@@ -55,11 +56,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 WorkItem = tuple[str, str, int, str | None]  # gateway key, path in the batch, size, manifest SHA
 
-QUARANTINE_PREFIX = "quarantine"
 INGEST_PREFIX = "ingest"
 ACCEPTED_NAME = "accepted.parquet"
 SUMMARY_NAME = "summary.json"
-REASON_SUFFIX = ".reason.json"
 IN_MEMORY_BYTES = 16 * 1024 * 1024  # smaller objects are fetched once, in one GET
 INLINE_MAX_FILES = 50  # below this, starting a LocalCluster costs more than it saves
 MIN_FILES_PER_TASK = 25
@@ -370,21 +369,16 @@ def _quarantine(
     gateway: Store, batch: str, source_prefix: str, item: InspectedObject, rejection: Rejection
 ) -> None:
     """Copy the object to the quarantine and record why, next to it (the drop zone keeps it)."""
-    target = join_key(QUARANTINE_PREFIX, batch, item.path)
-    gateway.copy(f"{source_prefix}/{item.path}", target)
-    record = {
-        "batch": batch,
-        "path": item.path,
-        "reason": rejection.reason,
-        "detail": rejection.detail,
-        "sha256": item.inspection.sha256,
-        "size": item.inspection.size,
-        "detected_format": item.inspection.detected_format,
-        "time": _now(),
-        "mira_version": __version__,
-    }
-    gateway.write_json(target + REASON_SUFFIX, record)
-    log.info("quarantined %s/%s: %s", batch, item.path, rejection.reason)
+    entry = QuarantineEntry(
+        batch=batch,
+        path=item.path,
+        reason=rejection.reason,
+        detail=rejection.detail,
+        sha256=item.inspection.sha256,
+        size=item.inspection.size,
+        detected_format=item.inspection.detected_format,
+    )
+    quarantine(gateway, f"{source_prefix}/{item.path}", entry)
 
 
 def accepted_table(batch: str, prefix: str, accepted: Iterable[InspectedObject]) -> pa.Table:

@@ -38,6 +38,7 @@ REASON_FIELDS = {
     "sha256",
     "size",
     "detected_format",
+    "stage",
     "time",
     "mira_version",
 }

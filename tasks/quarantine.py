@@ -1,0 +1,53 @@
+"""The gateway's quarantine: a copy of each refused object beside a machine-readable reason."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from mira import __version__
+from storage import Store, join_key
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_PREFIX = "quarantine"
+REASON_SUFFIX = ".reason.json"
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    """Why one object of a batch was refused, and what it was."""
+
+    batch: str
+    path: str  # relative to the batch
+    reason: str  # machine-readable code, e.g. "truncated", "phi-detected"
+    detail: str
+    sha256: str | None
+    size: int | None
+    detected_format: str | None
+    stage: str = "ingest"
+
+
+def quarantine(gateway: Store, source_key: str, entry: QuarantineEntry) -> str:
+    """Copy ``source_key`` into the quarantine and write its reason record next to it.
+
+    The source (in the drop zone) is left in place. Returns the quarantine key.
+    """
+    target = join_key(QUARANTINE_PREFIX, entry.batch, entry.path)
+    gateway.copy(source_key, target)
+    record = {
+        "batch": entry.batch,
+        "path": entry.path,
+        "reason": entry.reason,
+        "detail": entry.detail,
+        "sha256": entry.sha256,
+        "size": entry.size,
+        "detected_format": entry.detected_format,
+        "stage": entry.stage,
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mira_version": __version__,
+    }
+    gateway.write_json(target + REASON_SUFFIX, record)
+    log.info("quarantined %s/%s: %s", entry.batch, entry.path, entry.reason)
+    return target
