@@ -10,11 +10,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.deidentify import deidentify
 from flows.ingest import ingest
 from flows.params import StoreParams
 
 STAGE_ORDER = ("ingest", "deidentify", "convert", "quality", "split", "snapshot")
-BUILT_STAGES = ("ingest",)
+BUILT_STAGES = ("ingest", "deidentify")
 
 
 @flow(name="pipeline", log_prints=False)
@@ -23,6 +24,7 @@ def pipeline(batch: str, stores: StoreParams | None = None) -> dict[str, Any]:
     stores = stores or StoreParams()
     summary: dict[str, Any] = {"batch": batch}
     summary["ingest"] = ingest(batch, stores)
+    summary["deidentify"] = deidentify(batch, stores)
     pending = [stage for stage in STAGE_ORDER if stage not in BUILT_STAGES]
     if pending:
         get_run_logger().info("stages not built yet: %s", ", ".join(pending))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from mira.errors import TransientStoreError
@@ -28,4 +29,6 @@ RETRY_POLICY: dict[str, Any] = {
     "retry_delay_seconds": RETRY_DELAYS,
     "retry_condition_fn": only_transient,
     "persist_result": False,
+    # Stages are idempotent through the store; Prefect's input hashing would only see settings.
+    "cache_policy": NO_CACHE,
 }

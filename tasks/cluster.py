@@ -9,7 +9,10 @@ from collections.abc import Iterator
 
 from distributed import Client, LocalCluster
 
+from mira.errors import MiraError
+
 log = logging.getLogger(__name__)
+WORKER_START_TIMEOUT = 120.0
 
 
 @contextlib.contextmanager
@@ -36,5 +39,12 @@ def dask_client(
         ) as cluster,
         Client(cluster) as client,
     ):
+        try:
+            client.wait_for_workers(count, timeout=WORKER_START_TIMEOUT)
+        except TimeoutError as err:
+            raise MiraError(
+                f"the Dask LocalCluster did not start {count} workers within "
+                f"{WORKER_START_TIMEOUT:.0f}s; see the worker logs above"
+            ) from err
         log.info("started a LocalCluster with %d workers", count)
         yield client

@@ -1,0 +1,299 @@
+"""De-identify a whole-slide image (Aperio SVS or a generic pyramidal TIFF) into a new TIFF.
+
+Label and macro images (they photograph the glass label: name, barcode, accession number) are
+dropped; the pyramid levels are copied tile by tile as their raw compressed bytes (same
+compression, same JPEG tables), so pixels are bit-identical and nothing is re-encoded. Only an
+allow-list of TIFF tags is written, so DateTime, Artist, HostComputer, Software, DocumentName,
+PageName, XMP and unknown vendor tags never reach the output. The Aperio ImageDescription keeps
+its ``Aperio Image Library`` header (tifffile and OpenSlide detect SVS by it) and only the
+policy's safe keys; the thumbnail stays, so the file still reads as SVS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import tifffile
+
+from mira.errors import DeidentificationError, InvalidInput
+from tasks.deid.identifiers import date_forms, is_searchable, value_tokens
+from tasks.deid.profile import SLIDE_DEVICE_KEYS, DeidOption, DeidPolicy
+from tasks.deid.pseudonyms import check_key, pseudonymize_slide
+
+_CHUNK = 1 << 22
+_APERIO_FIRST_LINE = re.compile(r"Aperio Image (?:Library|Format)(?: v?[0-9A-Za-z.\-]+)?")
+_APERIO_GEOMETRY = re.compile(
+    r"[0-9x\[\]\(\),\->\s]*(?:(?:JPEG|J2K|JP2K|LZW|RAW|NONE)/[A-Z0-9]+(?: Q=\d+)?)?\s*"
+)
+_APERIO_DATE = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{2,4})")
+_TIFF_DATETIME = re.compile(r"(\d{4}):(\d{2}):(\d{2})")
+_IDENTIFYING_TIFF_TAGS = ("Artist", "HostComputer", "DocumentName", "PageName", "DateTime")
+_NAME_PARTS = re.compile(r"[_\s]+")
+_ASSOCIATED = re.compile(r"\b(label|macro)\b", re.IGNORECASE)
+
+Source = str | Path | IO[bytes]
+
+
+@dataclass(frozen=True)
+class SlideDeidResult:
+    """What was written: the slide's pseudonym, what was removed and the optics kept.
+
+    ``identifiers`` are the PHI tokens found in the input, for the PHI scan only."""
+
+    slide_id: str
+    vendor: str
+    removed_images: tuple[str, ...]
+    identifiers: frozenset[str]
+    mpp: float | None
+    magnification: float | None
+    levels: int
+
+
+def deidentify_slide(src: Source, dst: Source, key: bytes, policy: DeidPolicy) -> SlideDeidResult:
+    """Write a de-identified copy of the slide at ``src`` to ``dst`` (path or binary file)."""
+    check_key(key)
+    digest = _sha256(src)
+    with _open_tiff(src) as tif:
+        vendor = "aperio" if tif.pages.first.is_svs else "generic"
+        kept, removed = _classify_pages(tif, vendor)
+        identifiers = collect_slide_identifiers(tif, policy)
+        if isinstance(src, str | Path):
+            identifiers |= {t for t in (Path(src).name, Path(src).stem) if is_searchable(t)}
+        safe_keys = _safe_keys(policy)
+        bigtiff = tif.is_bigtiff or _source_size(tif) > 0xF0000000
+        first = tif.pages.first
+        mpp, magnification = _optics(first, vendor)
+        with tifffile.TiffWriter(dst, bigtiff=bigtiff) as writer:
+            for page in kept:
+                _copy_page(writer, tif, page, _scrub_description(page, vendor, safe_keys))
+    return SlideDeidResult(
+        slide_id=pseudonymize_slide(digest, key),
+        vendor=vendor,
+        removed_images=tuple(removed),
+        identifiers=frozenset(identifiers),
+        mpp=mpp,
+        magnification=magnification,
+        levels=sum(1 for page in kept if page.is_tiled),
+    )
+
+
+@contextlib.contextmanager
+def _open_tiff(src: Source) -> Iterator[tifffile.TiffFile]:
+    """Open a TIFF for reading; a file that is not one is invalid input."""
+    try:
+        tif = tifffile.TiffFile(src)
+    except Exception as err:
+        raise InvalidInput(f"not a readable TIFF slide: {err}") from err
+    try:
+        yield tif
+    finally:
+        tif.close()
+
+
+def _sha256(src: Source) -> str:
+    """SHA-256 of the whole source file (its identity for the slide pseudonym)."""
+    hasher = hashlib.sha256()
+    if isinstance(src, str | Path):
+        with Path(src).open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                hasher.update(chunk)
+        return hasher.hexdigest()
+    position = src.tell()
+    src.seek(0)
+    while chunk := src.read(_CHUNK):
+        hasher.update(chunk)
+    src.seek(position)
+    return hasher.hexdigest()
+
+
+def _source_size(tif: tifffile.TiffFile) -> int:
+    return int(tif.filehandle.size)
+
+
+def _classify_pages(tif: tifffile.TiffFile, vendor: str) -> tuple[list[Any], list[str]]:
+    """Split the pages into those kept (levels, SVS thumbnail) and the names of those removed."""
+    kept: list[Any] = []
+    removed: list[str] = []
+    for index, page in enumerate(tif.pages):
+        if not isinstance(page, tifffile.TiffPage):
+            raise DeidentificationError(f"page {index} of the slide cannot be parsed")
+        if page.subifds:
+            raise DeidentificationError("slides with SubIFD pyramids are not supported yet")
+        match = _ASSOCIATED.search(page.description.split("|")[0]) if page.description else None
+        if match:
+            removed.append(match.group(1).lower())
+        elif page.is_tiled or (vendor == "aperio" and index == 1):
+            kept.append(page)
+        else:
+            removed.append(_associated_name(page))
+    if not any(page.is_tiled for page in kept):
+        raise InvalidInput("the TIFF holds no tiled pyramid level")
+    return kept, removed
+
+
+def _associated_name(page: tifffile.TiffPage) -> str:
+    """A name for an unidentified associated image (removed: it may photograph a label)."""
+    return {1: "label", 9: "macro"}.get(int(page.subfiletype), f"associated-{page.index}")
+
+
+def _safe_keys(policy: DeidPolicy) -> frozenset[str]:
+    """The Aperio keys kept: the policy's list, plus the scanner ID under Retain Device Identity."""
+    if policy.has(DeidOption.RETAIN_DEVICE_IDENTITY):
+        return policy.slide_safe_keys | SLIDE_DEVICE_KEYS
+    return policy.slide_safe_keys
+
+
+def _scrub_description(page: tifffile.TiffPage, vendor: str, safe_keys: frozenset[str]) -> str:
+    """The ImageDescription to write: Aperio header + safe keys, nothing for other vendors."""
+    if vendor != "aperio" or not page.description:
+        return ""
+    head, *pairs = page.description.split("|")
+    lines = head.splitlines()
+    first = lines[0].strip() if lines else ""
+    header = [first if _APERIO_FIRST_LINE.fullmatch(first) else "Aperio Image Library"]
+    header += [line for line in lines[1:2] if _APERIO_GEOMETRY.fullmatch(line)]
+    kept = []
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name.strip() in safe_keys:
+            kept.append(f"{name.strip()} = {value.strip()}")
+    return "|".join(["\r\n".join(header), *kept])
+
+
+def aperio_pairs(description: str) -> dict[str, str]:
+    """The ``key = value`` pairs of an Aperio ImageDescription."""
+    pairs = {}
+    for pair in description.split("|")[1:]:
+        name, _, value = pair.partition("=")
+        pairs[name.strip()] = value.strip()
+    return pairs
+
+
+def collect_slide_identifiers(tif: tifffile.TiffFile, policy: DeidPolicy | None = None) -> set[str]:
+    """Identifier tokens of a slide: unsafe Aperio values (file name, user, barcode, date...),
+    and the identifying TIFF tags of every page."""
+    safe_keys = _safe_keys(policy or DeidPolicy.default()) | {"Time", "Time Zone"}
+    tokens: set[str] = set()
+    for page in tif.pages:
+        if not isinstance(page, tifffile.TiffPage):
+            continue
+        if page.is_svs:
+            for name, value in aperio_pairs(page.description).items():
+                if name == "Date":
+                    tokens |= _aperio_date_tokens(value)
+                elif name not in safe_keys:
+                    tokens |= _value_and_parts(value)
+        for tag_name in _IDENTIFYING_TIFF_TAGS:
+            tag = page.tags.get(tag_name)
+            if tag is not None and isinstance(tag.value, str):
+                tokens |= _tiff_tag_tokens(tag_name, tag.value)
+    return tokens
+
+
+def _value_and_parts(value: str) -> set[str]:
+    """A metadata value and its ``_``/space separated parts (file names such as
+    ``S24-01234_DOE_JOHN`` carry the case number and the patient's name)."""
+    parts = {part for part in _NAME_PARTS.split(value) if is_searchable(part)}
+    return set(value_tokens("LO", value)) | parts
+
+
+def _aperio_date_tokens(value: str) -> set[str]:
+    """An Aperio ``MM/DD/YY`` date in every form the scanner and people write it."""
+    match = _APERIO_DATE.fullmatch(value.strip())
+    if not match:
+        return set(value_tokens("LO", value))
+    month, day, year = (int(g) for g in match.groups())
+    year += 2000 if year < 100 else 0
+    return {value.strip()} | date_forms(f"{year:04d}{month:02d}{day:02d}")
+
+
+def _tiff_tag_tokens(name: str, value: str) -> set[str]:
+    """Tokens of one identifying TIFF tag (DateTime as a date, the others as text)."""
+    if name == "DateTime":
+        match = _TIFF_DATETIME.match(value)
+        return date_forms("".join(match.groups())) if match else set()
+    return set(value_tokens("LO", value))
+
+
+def _optics(page: tifffile.TiffPage, vendor: str) -> tuple[float | None, float | None]:
+    """Microns per pixel and objective magnification of the base level, when recorded."""
+    if vendor == "aperio":
+        pairs = aperio_pairs(page.description)
+        return _number(pairs.get("MPP")), _number(pairs.get("AppMag"))
+    unit = page.tags.get("ResolutionUnit")
+    xres = page.tags.get("XResolution")
+    if unit is None or xres is None:
+        return None, None
+    numerator, denominator = xres.value
+    if not numerator:
+        return None, None
+    per_unit = {2: 25400.0, 3: 10000.0}.get(int(unit.value))
+    mpp = per_unit * denominator / numerator if per_unit else None
+    return mpp, None
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _copy_page(
+    writer: tifffile.TiffWriter, tif: tifffile.TiffFile, page: tifffile.TiffPage, description: str
+) -> None:
+    """Write one page from its raw compressed tiles or strips (no decoding, no re-encoding)."""
+    handle = tif.filehandle
+
+    def segments() -> Iterator[bytes]:
+        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
+            handle.seek(offset)
+            yield handle.read(count)
+
+    layout: dict[str, Any] = (
+        {"tile": (page.tilelength, page.tilewidth)}
+        if page.is_tiled
+        else {"rowsperstrip": page.rowsperstrip}
+    )
+    resolution = _resolution(page)
+    try:
+        writer.write(
+            segments(),
+            shape=page.shape,
+            dtype=page.dtype,
+            photometric=page.photometric,
+            planarconfig=page.planarconfig,
+            extrasamples=page.extrasamples or None,
+            bitspersample=page.bitspersample,
+            compression=page.compression,
+            predictor=page.predictor if page.predictor != 1 else None,
+            subsampling=page.subsampling if page.photometric == 6 else None,
+            jpegtables=page.jpegtables,
+            iccprofile=page.iccprofile,
+            description=description or None,
+            subfiletype=page.subfiletype,
+            software=False,
+            metadata=None,
+            **resolution,
+            **layout,
+        )
+    except Exception as err:
+        raise DeidentificationError(f"cannot copy slide page {page.index}: {err}") from err
+
+
+def _resolution(page: tifffile.TiffPage) -> dict[str, Any]:
+    """The page's resolution tags, when present, as TiffWriter arguments."""
+    xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
+    if xres is None or yres is None:
+        return {}
+    unit = page.tags.get("ResolutionUnit")
+    return {
+        "resolution": (xres.value, yres.value),
+        "resolutionunit": int(unit.value) if unit is not None else None,
+    }
