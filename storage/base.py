@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, BinaryIO, Literal
+from typing import IO, Any, BinaryIO, Literal
 
 CHUNK_BYTES = 8 * 1024 * 1024
 LockMode = Literal["COMPLIANCE", "GOVERNANCE"]
@@ -47,7 +47,7 @@ class Retention:
 class HashingReader:
     """Wraps a binary stream and hashes (SHA-256) every byte read through it."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
         self._hash = hashlib.sha256()
         self.size = 0
@@ -62,7 +62,7 @@ class HashingReader:
         return self._hash.hexdigest()
 
 
-def sha256_stream(stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> tuple[str, int]:
+def sha256_stream(stream: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> tuple[str, int]:
     """SHA-256 and size of everything left in ``stream``, read in bounded chunks."""
     digest = hashlib.sha256()
     size = 0
@@ -72,7 +72,7 @@ def sha256_stream(stream: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> tuple[str
     return digest.hexdigest(), size
 
 
-def read_up_to(stream: BinaryIO, size: int) -> bytes:
+def read_up_to(stream: IO[bytes], size: int) -> bytes:
     """Read ``size`` bytes, or fewer only at the end of the stream (raw streams return short reads)."""
     first = stream.read(size)
     if len(first) == size or not first:
@@ -124,7 +124,7 @@ class Store(ABC):
     def write_stream(
         self,
         key: str,
-        stream: BinaryIO,
+        stream: IO[bytes],
         *,
         exclusive: bool = False,
         retention: Retention | None = None,

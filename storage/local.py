@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from mira.errors import AccessDenied, AlreadyExists, InvalidInput, ObjectLocked, ObjectNotFound
 from storage.base import CHUNK_BYTES, ObjectInfo, Retention, Store, join_key
@@ -65,7 +65,7 @@ class LocalStore(Store):
     def write_stream(
         self,
         key: str,
-        stream: BinaryIO,
+        stream: IO[bytes],
         *,
         exclusive: bool = False,
         retention: Retention | None = None,
@@ -183,7 +183,7 @@ class LocalStore(Store):
         return ZarrLocalStore(self._path(prefix), read_only=read_only)
 
 
-def _write_temp(temp: Path, stream: BinaryIO) -> tuple[str, int]:
+def _write_temp(temp: Path, stream: IO[bytes]) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
     with temp.open("xb") as out:

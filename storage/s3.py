@@ -11,7 +11,7 @@ import functools
 import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import s3fs
 
@@ -108,7 +108,7 @@ class S3Store(Store):
     def write_stream(
         self,
         key: str,
-        stream: BinaryIO,
+        stream: IO[bytes],
         *,
         exclusive: bool = False,
         retention: Retention | None = None,
@@ -132,7 +132,7 @@ class S3Store(Store):
         )
 
     def _multipart_upload(
-        self, key: str, first: bytes, stream: BinaryIO, digest: Any, conditions: dict[str, Any]
+        self, key: str, first: bytes, stream: IO[bytes], digest: Any, conditions: dict[str, Any]
     ) -> tuple[dict[str, Any], int]:
         """Upload part by part (one part in memory at a time); the object appears on completion."""
         lock_args = {k: v for k, v in conditions.items() if k.startswith("ObjectLock")}

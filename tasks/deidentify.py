@@ -227,7 +227,7 @@ def _deidentify_slide(job: DeidJob, item: WorkItem) -> Outcome:
             shape = (int(tif.pages.first.shape[0]), int(tif.pages.first.shape[1]))
         output.seek(0)
         staging_key = join_key(DEID_PREFIX, job.batch, "staging", research_key)
-        info = job.gateway.write_stream(staging_key, output.file)
+        info = job.gateway.write_stream(staging_key, output)
     row = slide_row(
         job.batch, research_key, result, shape, info.size, info.sha256 or "", job.policy
     )
