@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-import click
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -23,14 +23,20 @@ def command_paths() -> list[list[str]]:
     root = typer.main.get_command(app)
     paths: list[list[str]] = []
 
-    def walk(command: click.Command, prefix: list[str]) -> None:
+    def walk(command: Any, prefix: list[str]) -> None:
         paths.append(prefix)
-        if isinstance(command, click.Group):
-            for name, sub in command.commands.items():
-                walk(sub, [*prefix, name])
+        for name, sub in getattr(
+            command, "commands", {}
+        ).items():  # groups, whatever click they use
+            walk(sub, [*prefix, name])
 
     walk(root, [])
     return paths
+
+
+def test_all_commands_are_registered() -> None:
+    names = {" ".join(p) for p in command_paths()}
+    assert {"sample-data", "run", "demo", "split", "snapshot create", "snapshot verify"} <= names
 
 
 @pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "mira")

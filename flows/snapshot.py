@@ -1,0 +1,68 @@
+"""Stage 6: freeze the dataset as an immutable snapshot, then verify it end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from pydantic import BaseModel, Field
+
+from flows.params import StoreParams
+from flows.retry import RETRY_POLICY
+from mira.errors import IntegrityError
+from mira.settings import Settings
+from storage import open_store
+from tasks.snapshot import DEFAULT_RETENTION_DAYS, LockPolicy, SnapshotResult, create_snapshot
+from tasks.snapshot_reader import DEFAULT_WORKERS, VerifyReport, verify_snapshot
+
+
+class SnapshotParams(BaseModel):
+    """Which snapshot to take and how it is protected."""
+
+    name: str = Field(description="Snapshot name; each name is used once, for ever.")
+    split_name: str = Field("default", description="The split whose assignment is recorded.")
+    lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] = Field(
+        "COMPLIANCE", description="S3 Object Lock mode (S3 buckets with Object Lock only)."
+    )
+    retention_days: int = Field(DEFAULT_RETENTION_DAYS, ge=1, description="Days the lock lasts.")
+    workers: int = Field(DEFAULT_WORKERS, ge=1, description="Objects hashed in parallel.")
+    verify: bool = Field(True, description="Re-read and verify the snapshot once created.")
+
+
+@task(name="create-snapshot", **RETRY_POLICY)
+def create_snapshot_task(settings: Settings, params: SnapshotParams) -> SnapshotResult:
+    """Hash, record and lock the dataset as it is now."""
+    research = open_store(settings.research_url, settings.s3_config())
+    return create_snapshot(
+        research,
+        params.name,
+        split_name=params.split_name,
+        lock=LockPolicy(mode=params.lock_mode, days=params.retention_days),
+        workers=params.workers,
+    )
+
+
+@task(name="verify-snapshot", **RETRY_POLICY)
+def verify_snapshot_task(settings: Settings, name: str, workers: int) -> VerifyReport:
+    """Re-hash every object of the snapshot and check the manifest against its top hash."""
+    research = open_store(settings.research_url, settings.s3_config())
+    return verify_snapshot(research, name, workers=workers)
+
+
+@flow(name="snapshot", log_prints=False)
+def snapshot(params: SnapshotParams, stores: StoreParams | None = None) -> dict[str, Any]:
+    """Create snapshot ``params.name`` of the research store's dataset (and verify it)."""
+    settings = (stores or StoreParams()).settings()
+    result = create_snapshot_task(settings, params)
+    log = get_run_logger()
+    log.info("snapshot %s: %d objects, top hash %s", result.name, result.entries, result.top_hash)
+    if result.enforcement != "s3-object-lock":
+        log.warning("%s", result.note)
+    summary: dict[str, Any] = {"snapshot": dataclasses.asdict(result)}
+    if params.verify:
+        report = verify_snapshot_task(settings, result.name, params.workers)
+        if not report.ok:
+            raise IntegrityError(report.summary())
+        summary["verified"] = report.checked
+    return summary
