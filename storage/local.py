@@ -101,7 +101,7 @@ class LocalStore(Store):
         if base.is_file():
             yield self._info(base, join_key(prefix))
             return
-        walk_root = base if base.is_dir() else base.parent
+        walk_root = base if base.is_dir() or base == self.root else base.parent
         if not walk_root.is_dir():
             return
         wanted = join_key(prefix) if not base.is_dir() else ""

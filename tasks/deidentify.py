@@ -13,7 +13,7 @@ import logging
 import math
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -22,13 +22,13 @@ import pyarrow as pa
 import tifffile
 
 from mira.errors import DeidentificationError, InvalidInput, ObjectNotFound, PhiLeak
-from storage import Store, join_key
+from storage import Store, join_key, open_store
 from tasks import catalog
 from tasks.cluster import dask_client
 from tasks.deid import DeidPolicy, deidentify_dicom, deidentify_slide, scan_for_phi
 from tasks.deid_rows import instance_row, slide_row
 from tasks.ingest import read_accepted
-from tasks.quarantine import QuarantineEntry, quarantine
+from tasks.quarantine import QuarantineEntry, quarantine, write_reason
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ class Outcome:
 
     item: WorkItem
     research_key: str | None = None
-    staging_key: str | None = None
     row: dict[str, Any] | None = None
     refusal: str | None = None
     detail: str = ""
@@ -78,9 +77,14 @@ class DeidStageResult:
 
 @dataclass(frozen=True)
 class DeidJob:
-    """Everything a Dask task needs to de-identify a group of objects (pickles small)."""
+    """Everything a Dask task needs to de-identify a group of objects (pickles small).
 
-    gateway: Store
+    Inputs are read from ``source``; outputs are staged in ``staging`` (gateway side) under
+    their research-store keys until the whole set has passed the PHI scan.
+    """
+
+    source: Store
+    staging: Store
     batch: str
     key: bytes
     policy: DeidPolicy
@@ -102,22 +106,75 @@ def deidentify_batch(
     if gateway.exists(summary_key):
         return DeidStageResult(**{**gateway.read_json(summary_key), "already_done": True})
     items = accepted_items(gateway, batch)
-    job = DeidJob(gateway=gateway, batch=batch, key=key, policy=policy)
+    staging = gateway.child(join_key(DEID_PREFIX, batch, "staging"))
+    job = DeidJob(source=gateway, staging=staging, batch=batch, key=key, policy=policy)
     outcomes = run_groups(job, items, dask_address, workers, progress)
-    leaks = [o for o in outcomes if o.phi_hits]
-    if leaks:
-        _discard(gateway, job, outcomes, leaks)
-        raise PhiLeak(
-            f"batch {batch}: identifiers found in {len(leaks)} de-identified outputs "
-            f"({'; '.join(h for o in leaks[:3] for h in o.phi_hits[:2])}); nothing was published"
-        )
+    check_for_leaks(job, outcomes, gateway)
     for outcome in outcomes:
         if outcome.refusal:
             _quarantine(gateway, batch, outcome, outcome.refusal, outcome.detail)
-    result = _publish(gateway, research, batch, outcomes, policy)
+    published = publish(staging, research, outcomes)
+    result = _commit_catalog(research, batch, published, outcomes, policy)
     gateway.write_json(summary_key, asdict(result))
-    gateway.delete_prefix(join_key(DEID_PREFIX, batch, "staging"))
+    staging.delete_prefix("")
     return result
+
+
+def deidentify_folder(
+    source: Store,
+    output: Store,
+    quarantine_store: Store,
+    key: bytes,
+    policy: DeidPolicy,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> DeidStageResult:
+    """De-identify every DICOM file and slide below ``source`` into ``output`` (``mira deid``).
+
+    Files that cannot be made safe, and every other kind of file, go to ``quarantine_store``
+    with a reason; a PHI hit anywhere publishes nothing.
+    """
+    from tasks.sniff import sniff_format
+
+    items: list[WorkItem] = []
+    for info in source.list():
+        with source.open_read(info.key) as stream:
+            kind = sniff_format(stream.read(4096))
+        fmt = {
+            "dicom": "dicom",
+            "dicom-no-preamble": "dicom",
+            "svs": "slide",
+            "tiff": "slide",
+            "bigtiff": "slide",
+        }
+        items.append(
+            WorkItem(
+                key=info.key, path=info.key, format=fmt.get(kind, kind), sha256="", size=info.size
+            )
+        )
+    unsupported = [i for i in items if i.format not in ("dicom", "slide")]
+    items = [i for i in items if i.format in ("dicom", "slide")]
+    with tempfile.TemporaryDirectory(prefix="mira-deid-") as tmp:
+        staging = open_store(tmp)
+        job = DeidJob(source=source, staging=staging, batch="", key=key, policy=policy)
+        outcomes = run_groups(job, items, "", 0, progress)
+        check_for_leaks(job, outcomes, quarantine_store)
+        for item in unsupported:
+            _quarantine_to(
+                quarantine_store,
+                source,
+                Outcome(item=item),
+                "unsupported-type",
+                f"not DICOM or a slide ({item.format})",
+            )
+        for outcome in outcomes:
+            if outcome.refusal:
+                _quarantine_to(quarantine_store, source, outcome, outcome.refusal, outcome.detail)
+        published = publish(staging, output, outcomes)
+    refusals = refusal_counts(outcomes)
+    if unsupported:
+        refusals["unsupported-type"] = len(unsupported)
+    return _result("", published, refusals, policy)
 
 
 def accepted_items(gateway: Store, batch: str) -> list[WorkItem]:
@@ -193,7 +250,7 @@ def path_identifiers(path: str) -> set[str]:
 
 
 def _deidentify_dicom(job: DeidJob, item: WorkItem) -> Outcome:
-    result = deidentify_dicom(job.gateway.read_bytes(item.key), job.key, job.policy)
+    result = deidentify_dicom(job.source.read_bytes(item.key), job.key, job.policy)
     research_key = join_key(
         "dicom",
         result.patient_id,
@@ -203,20 +260,18 @@ def _deidentify_dicom(job: DeidJob, item: WorkItem) -> Outcome:
     )
     identifiers = set(result.identifiers) | path_identifiers(item.path)
     hits = scan_for_phi([(research_key, result.data)], identifiers)
-    staging_key = join_key(DEID_PREFIX, job.batch, "staging", research_key)
-    info = job.gateway.write_bytes(staging_key, result.data)
+    info = job.staging.write_bytes(research_key, result.data)
     row = instance_row(job.batch, research_key, result, info.size, info.sha256 or "", job.policy)
     return Outcome(
         item=item,
         research_key=research_key,
-        staging_key=staging_key,
         row=row,
         phi_hits=tuple(str(h) for h in hits),
     )
 
 
 def _deidentify_slide(job: DeidJob, item: WorkItem) -> Outcome:
-    with tempfile.NamedTemporaryFile() as output, job.gateway.open_read(item.key) as source:
+    with tempfile.NamedTemporaryFile() as output, job.source.open_read(item.key) as source:
         result = deidentify_slide(source, output, job.key, job.policy)
         research_key = join_key("slides", f"{result.slide_id}.tiff")
         output.seek(0)
@@ -226,67 +281,108 @@ def _deidentify_slide(job: DeidJob, item: WorkItem) -> Outcome:
         with tifffile.TiffFile(output) as tif:
             shape = (int(tif.pages.first.shape[0]), int(tif.pages.first.shape[1]))
         output.seek(0)
-        staging_key = join_key(DEID_PREFIX, job.batch, "staging", research_key)
-        info = job.gateway.write_stream(staging_key, output)
+        info = job.staging.write_stream(research_key, output)
     row = slide_row(
         job.batch, research_key, result, shape, info.size, info.sha256 or "", job.policy
     )
     return Outcome(
         item=item,
         research_key=research_key,
-        staging_key=staging_key,
         row=row,
         phi_hits=tuple(str(h) for h in hits),
     )
 
 
+def check_for_leaks(job: DeidJob, outcomes: Sequence[Outcome], quarantine_store: Store) -> None:
+    """On any PHI hit: quarantine the leaking inputs, drop every staged output, fail."""
+    leaks = [o for o in outcomes if o.phi_hits]
+    if not leaks:
+        return
+    for outcome in leaks:
+        detail = "; ".join(outcome.phi_hits[:20])
+        _quarantine_to(quarantine_store, job.source, outcome, "phi-detected", detail, job.batch)
+    job.staging.delete_prefix("")
+    raise PhiLeak(
+        f"identifiers found in {len(leaks)} de-identified outputs "
+        f"({'; '.join(h for o in leaks[:3] for h in o.phi_hits[:2])}); nothing was published"
+    )
+
+
 def _quarantine(gateway: Store, batch: str, outcome: Outcome, reason: str, detail: str) -> None:
+    _quarantine_to(gateway, gateway, outcome, reason, detail, batch)
+
+
+def _quarantine_to(
+    quarantine_store: Store,
+    source: Store,
+    outcome: Outcome,
+    reason: str,
+    detail: str,
+    batch: str = "",
+) -> None:
+    """Quarantine one input. In a batch the copy stays on the gateway store; for ``mira deid``
+    it is streamed from the input store into the quarantine folder."""
     item = outcome.item
     entry = QuarantineEntry(
         batch=batch,
         path=item.path,
         reason=reason,
         detail=detail,
-        sha256=item.sha256,
+        sha256=item.sha256 or None,
         size=item.size,
         detected_format=item.format,
         stage="deidentify",
     )
-    quarantine(gateway, item.key, entry)
+    if quarantine_store is source:
+        quarantine(quarantine_store, item.key, entry)
+        return
+    with source.open_read(item.key) as stream:
+        quarantine_store.write_stream(join_key(batch, item.path), stream)
+    write_reason(quarantine_store, join_key(batch, item.path), entry)
 
 
-def _discard(
-    gateway: Store, job: DeidJob, outcomes: Iterable[Outcome], leaks: Iterable[Outcome]
-) -> None:
-    """A leak: quarantine the leaking inputs and drop every staged output of the batch."""
-    for outcome in leaks:
-        _quarantine(gateway, job.batch, outcome, "phi-detected", "; ".join(outcome.phi_hits[:20]))
-    gateway.delete_prefix(join_key(DEID_PREFIX, job.batch, "staging"))
-
-
-def _publish(
-    gateway: Store, research: Store, batch: str, outcomes: Sequence[Outcome], policy: DeidPolicy
-) -> DeidStageResult:
-    """Copy staged outputs to the research store, then commit the batch's catalog parts."""
-    published = [o for o in outcomes if o.staging_key and o.research_key and o.row]
+def publish(staging: Store, research: Store, outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """Copy staged outputs to the research store; objects already there byte for byte stay."""
+    published = [o for o in outcomes if o.research_key and o.row]
     for outcome in published:
-        assert outcome.staging_key and outcome.research_key and outcome.row
-        if (
-            research.exists(outcome.research_key)
-            and research.sha256(outcome.research_key) == outcome.row["sha256"]
-        ):
-            continue  # a rerun after a crash: already there, byte for byte
-        with gateway.open_read(outcome.staging_key) as staged:
-            research.write_stream(outcome.research_key, staged)
+        assert outcome.research_key and outcome.row
+        key = outcome.research_key
+        if research.exists(key) and research.sha256(key) == outcome.row["sha256"]:
+            continue  # a rerun after a crash
+        with staging.open_read(key) as staged:
+            research.write_stream(key, staged)
+    return published
+
+
+def _commit_catalog(
+    research: Store,
+    batch: str,
+    published: Sequence[Outcome],
+    outcomes: Sequence[Outcome],
+    policy: DeidPolicy,
+) -> DeidStageResult:
+    """Write the batch's catalog parts: the commit that makes the batch visible downstream."""
     instances = [o.row for o in published if o.row and o.item.format != "slide"]
     slides = [o.row for o in published if o.row and o.item.format == "slide"]
     catalog.write_part(research, "instances", batch, _table(instances, catalog.INSTANCE_SCHEMA))
     catalog.write_part(research, "slides", batch, _table(slides, catalog.SLIDE_SCHEMA))
-    refusals = Counter(o.refusal for o in outcomes if o.refusal)
+    return _result(batch, published, refusal_counts(outcomes), policy)
+
+
+def refusal_counts(outcomes: Sequence[Outcome]) -> dict[str, int]:
+    """How many inputs were refused, by reason."""
+    return dict(Counter(o.refusal for o in outcomes if o.refusal))
+
+
+def _result(
+    batch: str, published: Sequence[Outcome], refusals: Mapping[str, int], policy: DeidPolicy
+) -> DeidStageResult:
+    rows = [o.row for o in published if o.row]
+    instances = [r for r, o in zip(rows, published, strict=True) if o.item.format != "slide"]
     return DeidStageResult(
         batch=batch,
         instances=len(instances),
-        slides=len(slides),
+        slides=len(rows) - len(instances),
         scrubbed=sum(1 for r in instances if r["pixels_scrubbed"]),
         quarantined=dict(refusals),
         profile=policy.name,

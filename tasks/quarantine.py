@@ -36,6 +36,12 @@ def quarantine(gateway: Store, source_key: str, entry: QuarantineEntry) -> str:
     """
     target = join_key(QUARANTINE_PREFIX, entry.batch, entry.path)
     gateway.copy(source_key, target)
+    write_reason(gateway, target, entry)
+    return target
+
+
+def write_reason(store: Store, target: str, entry: QuarantineEntry) -> None:
+    """The machine-readable reason record beside a quarantined copy at ``target``."""
     record = {
         "batch": entry.batch,
         "path": entry.path,
@@ -48,6 +54,5 @@ def quarantine(gateway: Store, source_key: str, entry: QuarantineEntry) -> str:
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "mira_version": __version__,
     }
-    gateway.write_json(target + REASON_SUFFIX, record)
+    store.write_json(target + REASON_SUFFIX, record)
     log.info("quarantined %s/%s: %s", entry.batch, entry.path, entry.reason)
-    return target

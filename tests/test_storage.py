@@ -290,3 +290,11 @@ def test_open_store_dispatches_by_scheme(tmp_path: object) -> None:
     assert isinstance(open_store("s3://bucket/prefix"), S3Store)
     with pytest.raises(ConfigError, match="gs://"):
         open_store("gs://bucket")
+
+
+def test_listing_a_store_that_does_not_exist_yet_is_empty(tmp_path: object) -> None:
+    from pathlib import Path
+
+    root = Path(str(tmp_path))
+    open_store(root / "sibling").write_bytes("x", b"1")
+    assert list(open_store(root / "absent").list()) == []
