@@ -12,13 +12,20 @@ from prefect import flow, get_run_logger
 
 from flows.deidentify import deidentify
 from flows.ingest import ingest
+from flows.notify import notify_on_completion, notify_on_failure
 from flows.params import StoreParams
 
 STAGE_ORDER = ("ingest", "deidentify", "convert", "quality", "split", "snapshot")
 BUILT_STAGES = ("ingest", "deidentify")
 
 
-@flow(name="pipeline", log_prints=False)
+@flow(
+    name="pipeline",
+    log_prints=False,
+    on_completion=[notify_on_completion],
+    on_failure=[notify_on_failure],
+    on_crashed=[notify_on_failure],
+)
 def pipeline(batch: str, stores: StoreParams | None = None) -> dict[str, Any]:
     """Run every built stage for drop-zone batch ``batch``; returns one summary per stage."""
     stores = stores or StoreParams()

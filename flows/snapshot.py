@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
@@ -50,10 +51,21 @@ def verify_snapshot_task(settings: Settings, name: str, workers: int) -> VerifyR
     return verify_snapshot(research, name, workers=workers)
 
 
+def snapshot_name(template: str) -> str:
+    """Fill ``{date}`` (the run's scheduled UTC date) so a schedule names each snapshot anew."""
+    if "{date}" not in template:
+        return template
+    from prefect.runtime import flow_run
+
+    start = flow_run.scheduled_start_time or datetime.now(UTC)
+    return template.replace("{date}", start.astimezone(UTC).strftime("%Y-%m-%d"))
+
+
 @flow(name="snapshot", log_prints=False)
 def snapshot(params: SnapshotParams, stores: StoreParams | None = None) -> dict[str, Any]:
     """Create snapshot ``params.name`` of the research store's dataset (and verify it)."""
     settings = (stores or StoreParams()).settings()
+    params = params.model_copy(update={"name": snapshot_name(params.name)})
     result = create_snapshot_task(settings, params)
     log = get_run_logger()
     log.info("snapshot %s: %d objects, top hash %s", result.name, result.entries, result.top_hash)

@@ -83,12 +83,13 @@ def configure_logging(verbose: bool) -> None:
 
 def register_commands() -> None:
     """Attach every command module's commands to ``app``."""
-    from mira import cli_deid, cli_pipeline, cli_sample, cli_snapshot
+    from mira import cli_deid, cli_pipeline, cli_sample, cli_serve, cli_snapshot
 
     cli_sample.register(app)
     cli_pipeline.register(app)
     cli_deid.register(app)
     cli_snapshot.register(app)
+    cli_serve.register(app)
 
 
 def main() -> None:
