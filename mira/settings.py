@@ -96,7 +96,6 @@ class Settings(BaseSettings):
             )
         return key
 
-
     def webhooks(self) -> list[str]:
         """The configured webhook URLs, in order."""
         return [url.strip() for url in self.webhook_urls.split(",") if url.strip()]
