@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Annotated
 
@@ -60,12 +61,18 @@ def common(
 ) -> None:
     """Settings come from MIRA_* environment variables; these flags override them."""
     configure_logging(verbose)
-    ctx.obj = load_settings(
-        gateway_url=gateway,
-        research_url=research,
-        s3_endpoint_url=s3_endpoint,
-        dask_address=dask_address,
-    )
+    flags = {
+        "gateway_url": gateway,
+        "research_url": research,
+        "s3_endpoint_url": s3_endpoint,
+        "dask_address": dask_address,
+    }
+    ctx.obj = load_settings(**flags)
+    # Flows read their settings from the environment (as on a Prefect worker): flags given
+    # here must reach the flows this command runs in-process.
+    for name, value in flags.items():
+        if value is not None:
+            os.environ[f"MIRA_{name.upper()}"] = value
 
 
 def configure_logging(verbose: bool) -> None:
@@ -83,11 +90,12 @@ def configure_logging(verbose: bool) -> None:
 
 def register_commands() -> None:
     """Attach every command module's commands to ``app``."""
-    from mira import cli_deid, cli_pipeline, cli_sample, cli_serve, cli_snapshot
+    from mira import cli_deid, cli_pipeline, cli_quality, cli_sample, cli_serve, cli_snapshot
 
     cli_sample.register(app)
     cli_pipeline.register(app)
     cli_deid.register(app)
+    cli_quality.register(app)
     cli_snapshot.register(app)
     cli_serve.register(app)
 

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     deid_profile: Path | None = Field(
         None, description="De-identification profile file (JSON/YAML); empty: the default profile."
     )
+    quality_config: Path | None = Field(
+        None, description="Quality thresholds and suites override (YAML/JSON); empty: defaults."
+    )
     webhook_urls: str = Field(
         "", description="Comma-separated URLs that receive a JSON POST when a pipeline run ends."
     )

@@ -34,7 +34,7 @@ def dask_client(
             n_workers=count,
             threads_per_worker=threads_per_worker,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # None still binds 8787; a free port clashes with nothing
             host="127.0.0.1",
         ) as cluster,
         Client(cluster) as client,

@@ -1,0 +1,103 @@
+"""Stage 4: the quality gate. GX suites and image QA per batch, then the Data Docs.
+
+``quality(batch)`` validates one batch; ``quality()`` with no batch re-validates every batch in
+the catalog (the nightly deployment), so changed thresholds or suites apply to old batches too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from pydantic import BaseModel, Field
+
+from flows.params import StoreParams
+from flows.retry import RETRY_POLICY
+from mira.settings import Settings
+from storage import open_store
+from tasks.expectations import DocsSite
+from tasks.quality import (
+    QualitySummary,
+    assess_batch,
+    catalog_batches,
+    identifiers_from_file,
+    load_quality_config,
+    publish_data_docs,
+)
+
+
+class QualityOptions(BaseModel):
+    """How the batch is judged; empty fields use the defaults."""
+
+    config_path: str | None = Field(
+        None,
+        description="Quality config override (YAML/JSON). Empty: MIRA_QUALITY_CONFIG, else the "
+        "defaults shipped with mira.",
+    )
+    phi_identifiers_file: str | None = Field(
+        None,
+        description="File (on the worker, gateway side) of identifiers known for the batch, one "
+        "per line: catalog text containing one fails the batch. Passed as a path so the "
+        "identifiers never enter Prefect's database.",
+    )
+    build_docs: bool = Field(True, description="Rebuild the GX Data Docs afterwards.")
+
+
+@task(name="assess-batch-quality", **RETRY_POLICY)
+def assess_batch_task(settings: Settings, batch: str, options: QualityOptions) -> QualitySummary:
+    """GX suites on the batch's catalog rows, image QA on its objects (Dask inside)."""
+    return assess_batch(
+        settings.research_url,
+        batch,
+        s3=settings.s3_config(),
+        config=load_quality_config(options.config_path),
+        identifiers=identifiers_from_file(options.phi_identifiers_file),
+        dask_address=settings.dask_address,
+        workers=settings.dask_workers,
+    )
+
+
+@task(name="catalog-batches", **RETRY_POLICY)
+def catalog_batches_task(settings: Settings) -> list[str]:
+    """Every batch the catalog knows (instances or slides)."""
+    return catalog_batches(open_store(settings.research_url, settings.s3_config()))
+
+
+@task(name="build-data-docs", **RETRY_POLICY)
+def data_docs_task(settings: Settings) -> DocsSite:
+    """GX Data Docs of every validated batch, published offline-ready in the research store."""
+    return publish_data_docs(settings.research_url, settings.s3_config())
+
+
+@flow(name="quality", log_prints=False)
+def quality(
+    batch: str | None = None,
+    stores: StoreParams | None = None,
+    options: QualityOptions | None = None,
+) -> dict[str, Any]:
+    """Validate ``batch`` (every catalog batch when empty); returns counts and gate verdicts."""
+    settings = (stores or StoreParams()).settings()
+    options = options or QualityOptions()
+    log = get_run_logger()
+    batches = [batch] if batch else catalog_batches_task(settings)
+    summaries = []
+    for name in batches:
+        summary = assess_batch_task(settings, name, options)
+        log.info(
+            "batch %s: gate %s; %d of %d items queued for review; failed: %s",
+            name,
+            summary.verdict,
+            len(summary.queued_for_review),
+            summary.items_checked,
+            ", ".join(summary.failed_checks) or "none",
+        )
+        summaries.append(dataclasses.asdict(summary))
+    docs = data_docs_task(settings) if options.build_docs and summaries else None
+    return {
+        "verdict": "fail" if any(s["verdict"] == "fail" for s in summaries) else "pass",
+        "batches": summaries,
+        "verdicts": {s["batch"]: s["verdict"] for s in summaries},
+        "queued_for_review": sum(len(s["queued_for_review"]) for s in summaries),
+        "data_docs": docs.index_url if docs else None,
+    }

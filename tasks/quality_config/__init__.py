@@ -1,0 +1,1 @@
+"""The default quality configuration (``quality.yaml``), shipped as package data."""
