@@ -45,7 +45,9 @@ def test_secret_is_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "correct-horse" not in str(settings.model_dump())
 
 
-def test_secret_from_file_and_missing_secret(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_secret_from_file_and_missing_secret(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("MIRA_DEID_SECRET", raising=False)
     monkeypatch.delenv("MIRA_DEID_SECRET_FILE", raising=False)
     with pytest.raises(ConfigError, match="MIRA_DEID_SECRET"):
