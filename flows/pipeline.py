@@ -1,7 +1,9 @@
 """The whole pipeline for one batch: each stage is a flow of its own, run here in order.
 
 Stage order: ingest -> deidentify -> convert -> quality -> split -> snapshot. Stages meet
-through the stores and the catalog, never through each other's internals.
+through the stores and the catalog, never through each other's internals. Per-file failures are
+quarantined and reported; a failed quality gate stops the batch before split and snapshot and
+fails the run. Every stage is idempotent, so a rerun of a batch adds and rewrites nothing.
 """
 
 from __future__ import annotations
@@ -9,14 +11,36 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from pydantic import BaseModel, Field
 
+from flows.convert import ConvertParams, convert_slides
 from flows.deidentify import deidentify
 from flows.ingest import ingest
 from flows.notify import notify_on_completion, notify_on_failure
 from flows.params import StoreParams
+from flows.quality import QualityOptions, quality
+from flows.snapshot import SnapshotParams, snapshot
+from flows.split import SplitParams, split
+from mira.errors import MiraError
 
 STAGE_ORDER = ("ingest", "deidentify", "convert", "quality", "split", "snapshot")
-BUILT_STAGES = ("ingest", "deidentify")
+
+
+class GateBlocked(MiraError):
+    """A ``fail`` expectation did not pass: the batch stays out of splits and snapshots."""
+
+
+class PipelineOptions(BaseModel):
+    """What the pipeline does after quality; the defaults make one snapshot per batch."""
+
+    split: SplitParams = Field(default_factory=SplitParams, description="How patients are split.")
+    snapshot: bool = Field(True, description="Take a locked snapshot once the batch is in.")
+    snapshot_name: str = Field(
+        "after-{batch}",
+        description="Snapshot name; {batch} is replaced. A rerun keeps an existing snapshot.",
+    )
+    convert: ConvertParams = Field(default_factory=ConvertParams, description="Pyramid options.")
+    quality: QualityOptions = Field(default_factory=QualityOptions, description="Quality gate.")
 
 
 @flow(
@@ -26,14 +50,24 @@ BUILT_STAGES = ("ingest", "deidentify")
     on_failure=[notify_on_failure],
     on_crashed=[notify_on_failure],
 )
-def pipeline(batch: str, stores: StoreParams | None = None) -> dict[str, Any]:
-    """Run every built stage for drop-zone batch ``batch``; returns one summary per stage."""
+def pipeline(
+    batch: str, stores: StoreParams | None = None, options: PipelineOptions | None = None
+) -> dict[str, Any]:
+    """Run every stage for drop-zone batch ``batch``; returns one summary per stage."""
     stores = stores or StoreParams()
+    options = options or PipelineOptions()
     summary: dict[str, Any] = {"batch": batch}
     summary["ingest"] = ingest(batch, stores)
     summary["deidentify"] = deidentify(batch, stores)
-    pending = [stage for stage in STAGE_ORDER if stage not in BUILT_STAGES]
-    if pending:
-        get_run_logger().info("stages not built yet: %s", ", ".join(pending))
-    summary["stages_not_built"] = pending
+    summary["convert"] = convert_slides(options.convert, stores)
+    summary["quality"] = quality(batch, stores, options.quality)
+    if summary["quality"]["verdict"] == "fail":
+        failed = summary["quality"]["batches"][0]["failed_checks"]
+        raise GateBlocked(f"batch {batch} failed the quality gate ({', '.join(failed)})")
+    summary["split"] = split(options.split, stores)
+    if options.snapshot:
+        name = options.snapshot_name.replace("{batch}", batch)
+        params = SnapshotParams(name=name, split_name=options.split.name, if_exists="keep")
+        summary["snapshot"] = snapshot(params, stores)
+    get_run_logger().info("batch %s went through %s", batch, ", ".join(STAGE_ORDER))
     return summary

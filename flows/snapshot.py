@@ -11,11 +11,11 @@ from pydantic import BaseModel, Field
 
 from flows.params import StoreParams
 from flows.retry import RETRY_POLICY
-from mira.errors import IntegrityError
+from mira.errors import IntegrityError, ObjectNotFound
 from mira.settings import Settings
 from storage import open_store
 from tasks.snapshot import DEFAULT_RETENTION_DAYS, LockPolicy, SnapshotResult, create_snapshot
-from tasks.snapshot_reader import DEFAULT_WORKERS, VerifyReport, verify_snapshot
+from tasks.snapshot_reader import DEFAULT_WORKERS, VerifyReport, load_card, verify_snapshot
 
 
 class SnapshotParams(BaseModel):
@@ -29,6 +29,10 @@ class SnapshotParams(BaseModel):
     retention_days: int = Field(DEFAULT_RETENTION_DAYS, ge=1, description="Days the lock lasts.")
     workers: int = Field(DEFAULT_WORKERS, ge=1, description="Objects hashed in parallel.")
     verify: bool = Field(True, description="Re-read and verify the snapshot once created.")
+    if_exists: Literal["fail", "keep"] = Field(
+        "fail",
+        description="When the name is taken: fail, or keep the existing snapshot (pipeline reruns).",
+    )
 
 
 @task(name="create-snapshot", **RETRY_POLICY)
@@ -42,6 +46,16 @@ def create_snapshot_task(settings: Settings, params: SnapshotParams) -> Snapshot
         lock=LockPolicy(mode=params.lock_mode, days=params.retention_days),
         workers=params.workers,
     )
+
+
+@task(name="existing-snapshot", **RETRY_POLICY)
+def existing_card_task(settings: Settings, name: str) -> dict[str, Any] | None:
+    """The card of snapshot ``name`` when it was completed before, else None."""
+    research = open_store(settings.research_url, settings.s3_config())
+    try:
+        return load_card(research, name)
+    except ObjectNotFound:
+        return None
 
 
 @task(name="verify-snapshot", **RETRY_POLICY)
@@ -66,8 +80,16 @@ def snapshot(params: SnapshotParams, stores: StoreParams | None = None) -> dict[
     """Create snapshot ``params.name`` of the research store's dataset (and verify it)."""
     settings = (stores or StoreParams()).settings()
     params = params.model_copy(update={"name": snapshot_name(params.name)})
-    result = create_snapshot_task(settings, params)
     log = get_run_logger()
+    if params.if_exists == "keep":
+        existing = existing_card_task(settings, params.name)
+        if existing is not None:
+            log.info("snapshot %s exists (top hash %s); kept", params.name, existing["top_hash"])
+            return {
+                "snapshot": {"name": params.name, "top_hash": existing["top_hash"]},
+                "kept": True,
+            }
+    result = create_snapshot_task(settings, params)
     log.info("snapshot %s: %d objects, top hash %s", result.name, result.entries, result.top_hash)
     if result.enforcement != "s3-object-lock":
         log.warning("%s", result.note)

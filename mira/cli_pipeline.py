@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from mira.cli_common import console, out, settings_of
-from mira.errors import InvalidInput
+from mira.errors import InvalidInput, MiraError
 from mira.settings import Settings
 
 DROPZONE = "dropzone"
@@ -54,26 +54,75 @@ def run(
     print_summaries([summary])
 
 
+SUMMARY_ROWS = (
+    "ingested",
+    "quarantined (by reason)",
+    "de-identified",
+    "slides converted",
+    "QA gate / review",
+    "split sizes (patients)",
+    "snapshot",
+)
+
+
 def print_summaries(summaries: list[dict[str, Any]]) -> None:
-    """One row per batch: what each stage did."""
+    """A column per batch, a row per stage; then each snapshot's full top hash."""
     table = Table(title="pipeline summary")
-    table.add_column("batch")
-    table.add_column("ingested", justify="right")
-    table.add_column("quarantined (by reason)")
-    table.add_column("duplicates", justify="right")
+    table.add_column("stage")
     for summary in summaries:
-        ingest = summary.get("ingest", {})
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(ingest.get("quarantined", {}).items()))
-        table.add_row(
-            summary["batch"],
-            str(ingest.get("accepted", 0)),
-            reasons or "-",
-            str(ingest.get("duplicates", 0)),
-        )
+        table.add_column(summary["batch"], overflow="fold")
+    cells = [summary_row(summary) for summary in summaries]
+    for index, label in enumerate(SUMMARY_ROWS):
+        table.add_row(label, *(column[index] for column in cells))
     out.print(table)
-    pending = summaries[0].get("stages_not_built") if summaries else None
-    if pending:
-        out.print(f"stages not built yet: {', '.join(pending)}")
+    for summary in summaries:
+        snap = summary.get("snapshot", {}).get("snapshot", {})
+        if snap:
+            out.print(f"snapshot {snap['name']}: top hash {snap['top_hash']}")
+
+
+def run_reporting_failure(pipeline: Any, batch: str, stores: Any) -> dict[str, Any]:
+    """Run the pipeline for one batch; a failed run becomes a row saying why, not a stop."""
+    try:
+        summary: dict[str, Any] = pipeline(batch, stores)
+    except MiraError as err:
+        console.print(f"[bold red]batch {batch} failed:[/] {err}", soft_wrap=True)
+        return {"batch": batch, "error": str(err)}
+    return summary
+
+
+def summary_row(summary: dict[str, Any]) -> list[str]:
+    """The cells of one batch's row (stages that did not run show "-")."""
+    if "error" in summary:
+        return ["failed: " + summary["error"], *["-"] * (len(SUMMARY_ROWS) - 1)]
+    ingest = summary.get("ingest", {})
+    deid = summary.get("deidentify", {})
+    quarantined = dict(ingest.get("quarantined", {}))
+    for reason, count in deid.get("quarantined", {}).items():
+        quarantined[reason] = quarantined.get(reason, 0) + count
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(quarantined.items())) or "none"
+    convert = summary.get("convert", {})
+    quality = summary.get("quality", {})
+    batch_quality = (quality.get("batches") or [{}])[0]
+    qa = (
+        f"{quality['verdict']}; {len(batch_quality.get('queued_for_review', []))} for review"
+        if quality
+        else "-"
+    )
+    split = summary.get("split", {})
+    sizes: dict[str, int] = {}
+    for row in split.get("balance", []):
+        sizes[row["split"]] = sizes.get(row["split"], 0) + row["patients"]
+    snap = summary.get("snapshot", {}).get("snapshot", {})
+    return [
+        str(ingest.get("accepted", "-")),
+        reasons,
+        f"{deid.get('instances', 0)} DICOM, {deid.get('slides', 0)} slides" if deid else "-",
+        str(convert.get("converted", "-")),
+        qa,
+        ", ".join(f"{k} {v}" for k, v in sorted(sizes.items())) or "-",
+        snap.get("name", "-"),
+    ]
 
 
 def demo(
@@ -102,12 +151,24 @@ def demo(
             generate_sample_data(dropzone, slide_size=slide_size, progress=progress)
     gateway = open_store(settings.gateway_url)
     stores = StoreParams(gateway_url=settings.gateway_url, research_url=settings.research_url)
-    summaries = [pipeline(ref.name, stores) for ref in find_ready_batches(gateway)]
+    summaries = [
+        run_reporting_failure(pipeline, ref.name, stores) for ref in find_ready_batches(gateway)
+    ]
     print_summaries(summaries)
-    out.print(f"gateway store (PHI side): {gateway.url}")
-    out.print(f"  quarantine:     {gateway.child('quarantine').url}")
-    out.print(f"  ingest records: {gateway.child('ingest').url}")
-    out.print(f"research store (de-identified): {open_store(settings.research_url).url}")
+    research = open_store(settings.research_url)
+    out.print(f"""
+Where to look
+  gateway store (PHI side)        {gateway.url}
+    quarantine + reasons          {gateway.child("quarantine").url}
+    ingest records                {gateway.child("ingest").url}
+  research store (de-identified)  {research.url}
+    DICOM by pseudonym            {research.child("dicom").url}
+    slides / OME-Zarr pyramids    {research.child("slides").url}  {research.child("pyramids").url}
+    catalog (Parquet)             {research.child("catalog").url}
+    quality results, Data Docs    {research.child("quality").url}
+    snapshots                     {research.child("snapshots").url}
+Try: mira --research {research.url} ls | catalog query "SELECT modality, count(*) FROM instances GROUP BY 1"
+     mira --research {research.url} snapshot list | snapshot verify NAME | qa docs | review list""")
 
 
 def _ensure_demo_secret(gateway: Path) -> None:

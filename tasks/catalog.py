@@ -143,7 +143,9 @@ def write_part(
     buffer = io.BytesIO()
     pq.write_table(data, buffer, compression="zstd")
     key = part_key(table, part)
-    store.write_bytes(key, buffer.getvalue())
+    payload = buffer.getvalue()
+    if not (store.exists(key) and store.read_bytes(key) == payload):  # reruns rewrite nothing
+        store.write_bytes(key, payload)
     return CatalogPart(table=table, part=part, key=key, rows=data.num_rows)
 
 
