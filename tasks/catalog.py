@@ -7,10 +7,14 @@ see the union of a table's parts. Listing the catalog never pages through the da
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -138,11 +142,14 @@ def part_key(table: str, part: str) -> str:
 def write_part(
     store: Store, table: str, part: str, rows: pa.Table | Sequence[Mapping[str, Any]]
 ) -> CatalogPart:
-    """Publish (or replace) one part of ``table`` atomically."""
+    """Publish (or replace) one part of ``table`` atomically; unchanged parts are not rewritten."""
     data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows))
+    key = part_key(table, part)
+    if not data.num_columns:  # no rows and no schema: the part is simply absent
+        delete_part(store, table, part)
+        return CatalogPart(table=table, part=part, key=key, rows=0)
     buffer = io.BytesIO()
     pq.write_table(data, buffer, compression="zstd")
-    key = part_key(table, part)
     payload = buffer.getvalue()
     if not (store.exists(key) and store.read_bytes(key) == payload):  # reruns rewrite nothing
         store.write_bytes(key, payload)
@@ -182,13 +189,53 @@ def read_table(store: Store, table: str) -> pa.Table:
 
 
 def connect(store: Store, tables: Iterable[str] = TABLES) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with each non-empty catalog table registered by name."""
+    """An in-memory DuckDB connection with a view per non-empty catalog table.
+
+    The views read the Parquet parts lazily (only the columns and row groups a query needs):
+    in place on a local store, from a local cache kept fresh by ETag for an S3 store, so a
+    query costs one LIST per table, not a download of the catalog.
+    """
     connection = duckdb.connect()
     for table in tables:
-        data = read_table(store, table)
-        if data.num_columns:
-            connection.register(table, data)
+        paths = local_part_paths(store, table)
+        if paths:
+            files = ", ".join("'" + path.replace("'", "''") + "'" for path in paths)
+            connection.sql(
+                f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{files}], union_by_name = true)"
+            )
     return connection
+
+
+def local_part_paths(store: Store, table: str) -> list[str]:
+    """Filesystem paths of the table's parts: the store's own files, or fresh cached copies."""
+    parts = list_parts(store, table)
+    if not parts:
+        return []
+    if store.local_path(parts[0].key) is not None:
+        return [str(store.local_path(p.key)) for p in parts]
+    cache = cache_folder(store) / table
+    cache.mkdir(parents=True, exist_ok=True)
+    wanted = {_cache_name(p): p for p in parts}
+    for stale in set(os.listdir(cache)) - set(wanted):
+        (cache / stale).unlink(missing_ok=True)
+    for name, part in wanted.items():
+        target = cache / name
+        if not target.exists():
+            temp = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            temp.write_bytes(store.read_bytes(part.key))
+            temp.replace(target)
+    return [str(cache / name) for name in sorted(wanted)]
+
+
+def cache_folder(store: Store) -> Path:
+    """Where catalog parts of a remote store are cached (``MIRA_CACHE_DIR``, else ~/.cache)."""
+    root = os.environ.get("MIRA_CACHE_DIR") or Path.home() / ".cache" / "mira"
+    return Path(root) / "catalog" / hashlib.sha256(store.url.encode()).hexdigest()[:16]
+
+
+def _cache_name(part: ObjectInfo) -> str:
+    tag = hashlib.sha256(f"{part.etag}:{part.size}".encode()).hexdigest()[:16]
+    return f"{part.key.rsplit('/', 1)[-1].removesuffix('.parquet')}.{tag}.parquet"
 
 
 def query(store: Store, sql: str) -> pa.Table:
