@@ -52,7 +52,7 @@ NOT_FOUND_CODES = frozenset(
 )
 EXISTS_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
 LOCK_CODES = frozenset({"InvalidRequest", "ObjectLocked"})
-RETRY_ATTEMPTS = 5
+RETRY_ATTEMPTS = 3
 RETRY_BASE_SECONDS = 0.2
 
 

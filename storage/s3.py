@@ -20,6 +20,7 @@ from storage.base import ObjectInfo, Retention, S3Config, Store, join_key, read_
 from storage.errors import translate_errors, with_retries
 
 PART_BYTES = 16 * 1024 * 1024
+S3FS_RETRIES = 3
 READ_BLOCK_BYTES = 8 * 1024 * 1024
 
 
@@ -30,15 +31,20 @@ def _filesystem(config: S3Config, asynchronous: bool = False) -> s3fs.S3FileSyst
         client_kwargs["endpoint_url"] = config.endpoint_url
     if config.region:
         client_kwargs["region_name"] = config.region
-    return s3fs.S3FileSystem(
+    fs = s3fs.S3FileSystem(
         key=config.access_key_id,
         secret=config.secret_access_key,
         client_kwargs=client_kwargs,
         version_aware=not asynchronous,
         use_listings_cache=False,
+        # s3fs retries throttling and connection errors itself (with backoff); botocore's own
+        # retry layer would multiply those attempts, so it gets one.
+        config_kwargs={"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": 10},
         asynchronous=asynchronous,
         skip_instance_cache=asynchronous,
     )
+    fs.retries = S3FS_RETRIES
+    return fs
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:

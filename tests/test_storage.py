@@ -298,3 +298,48 @@ def test_listing_a_store_that_does_not_exist_yet_is_empty(tmp_path: object) -> N
     root = Path(str(tmp_path))
     open_store(root / "sibling").write_bytes("x", b"1")
     assert list(open_store(root / "absent").list()) == []
+
+
+def test_only_transient_errors_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mira.errors import TransientStoreError
+    from storage import errors
+
+    monkeypatch.setattr(errors, "RETRY_BASE_SECONDS", 0.0)
+    calls: list[str] = []
+
+    @errors.with_retries
+    def flaky() -> str:
+        calls.append("flaky")
+        if len(calls) < 3:
+            raise TransientStoreError("503 from s3://b/k")
+        return "done"
+
+    assert flaky() == "done" and len(calls) == 3
+
+    @errors.with_retries
+    def missing() -> None:
+        calls.append("missing")
+        raise ObjectNotFound("no such object: s3://b/k")
+
+    with pytest.raises(ObjectNotFound):
+        missing()
+    assert calls.count("missing") == 1
+
+
+def test_backend_errors_are_classified() -> None:
+    from botocore.exceptions import ClientError
+
+    from mira.errors import AccessDenied, TransientStoreError
+    from storage.errors import classify
+
+    def client_error(code: str) -> Exception:
+        err = ClientError({"Error": {"Code": code, "Message": code}}, "PutObject")
+        wrapped = OSError(code)
+        wrapped.__cause__ = err
+        return wrapped
+
+    assert isinstance(classify(client_error("SlowDown"), "s3://b/k"), TransientStoreError)
+    assert isinstance(classify(client_error("PreconditionFailed"), "s3://b/k"), AlreadyExists)
+    assert isinstance(classify(client_error("NoSuchKey"), "s3://b/k"), ObjectNotFound)
+    assert isinstance(classify(client_error("AccessDenied"), "s3://b/k"), AccessDenied)
+    assert "s3://b/k" in str(classify(client_error("InternalError"), "s3://b/k"))
