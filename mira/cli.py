@@ -90,11 +90,20 @@ def configure_logging(verbose: bool) -> None:
 
 def register_commands() -> None:
     """Attach every command module's commands to ``app``."""
-    from mira import cli_deid, cli_pipeline, cli_quality, cli_sample, cli_serve, cli_snapshot
+    from mira import (
+        cli_convert,
+        cli_deid,
+        cli_pipeline,
+        cli_quality,
+        cli_sample,
+        cli_serve,
+        cli_snapshot,
+    )
 
     cli_sample.register(app)
     cli_pipeline.register(app)
     cli_deid.register(app)
+    cli_convert.register(app)
     cli_quality.register(app)
     cli_snapshot.register(app)
     cli_serve.register(app)

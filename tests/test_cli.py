@@ -36,7 +36,21 @@ def command_paths() -> list[list[str]]:
 
 def test_all_commands_are_registered() -> None:
     names = {" ".join(p) for p in command_paths()}
-    assert {"sample-data", "run", "demo", "split", "snapshot create", "snapshot verify"} <= names
+    assert {
+        "sample-data",
+        "run",
+        "demo",
+        "deid",
+        "phi-scan",
+        "convert",
+        "ls",
+        "catalog query",
+        "review accept",
+        "split",
+        "snapshot create",
+        "snapshot verify",
+        "serve",
+    } <= names
 
 
 @pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "mira")

@@ -1,0 +1,305 @@
+"""Reading whole-slide TIFFs (Aperio SVS, pyramidal TIFF/BigTIFF, OME-TIFF) region by region.
+
+Only the slide's full-resolution level is read; mira builds its own pyramid from it. A region is
+read by fetching the raw bytes of the tiles (or strips) it touches, in file order, and decoding
+each one: JPEG with libjpeg-turbo directly (``imagecodecs.jpeg8_decode`` with the page's shared
+JPEG tables and the colour space tifffile would use), everything else through tifffile's own
+segment decoder. Pixels come out planar, ``(channel, y, x)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, cast
+
+import imagecodecs
+import numpy as np
+import tifffile
+from numpy.typing import NDArray
+
+from mira.errors import InvalidInput
+from storage import Store
+
+Pixels = NDArray[Any]
+JPEG = 7
+SUPPORTED_DTYPES = ("uint8", "uint16")
+MICRONS_PER_UNIT = {2: 25_400.0, 3: 10_000.0}  # TIFF ResolutionUnit: inch, centimetre
+OME_UNITS_IN_MICRONS = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+@dataclass(frozen=True)
+class SlideMetadata:
+    """What mira keeps of a slide's own metadata: physical and optical facts, never identifiers.
+
+    Aperio descriptions also carry file names, dates, users and scanner ids; none of that is read.
+    """
+
+    format: str  # "aperio-svs", "ome-tiff" or "tiff"
+    vendor: str | None = None
+    objective_power: float | None = None
+    mpp_x: float | None = None  # microns per pixel at full resolution
+    mpp_y: float | None = None
+
+
+@dataclass(frozen=True)
+class SlideGeometry:
+    """Size, pixel type and storage layout of the full-resolution level."""
+
+    height: int
+    width: int
+    samples: int
+    dtype: str
+    segment_height: int  # tile (or strip) height in the file
+    segment_width: int
+
+
+@contextlib.contextmanager
+def open_slide(store: Store, key: str) -> Iterator[tifffile.TiffFile]:
+    """Open the TIFF at ``key``: from its local path when the store is a folder, else streamed."""
+    path = store.local_path(key)
+    try:
+        if path is not None:
+            with tifffile.TiffFile(path) as tif:
+                yield tif
+            return
+        with store.open_read(key) as stream, tifffile.TiffFile(stream) as tif:
+            yield tif
+    except tifffile.TiffFileError as err:
+        raise InvalidInput(f"not a readable TIFF slide: {store.url_of(key)}: {err}") from err
+
+
+def full_resolution_page(tif: tifffile.TiffFile) -> tifffile.TiffPage:
+    """The page holding the first series' full-resolution image, checked to be convertible."""
+    if not tif.series:
+        raise InvalidInput(f"no image series in {tif.filename}")
+    level = tif.series[0].levels[0]
+    page = level.keyframe
+    if len(level.pages) != 1:
+        raise InvalidInput(f"{tif.filename}: multi-plane series are not supported")
+    if page.dtype is None or page.dtype.name not in SUPPORTED_DTYPES:
+        raise InvalidInput(f"{tif.filename}: pixel type {page.dtype} is not supported")
+    if page.samplesperpixel not in (1, 3) or (page.samplesperpixel > 1 and page.planarconfig != 1):
+        raise InvalidInput(f"{tif.filename}: only grey or interleaved RGB slides are supported")
+    if page.imagedepth != 1:
+        raise InvalidInput(f"{tif.filename}: volumetric tiles are not supported")
+    return page
+
+
+def slide_geometry(page: tifffile.TiffPage) -> SlideGeometry:
+    """The full-resolution level's size and the size of the segments it is stored in."""
+    if page.is_tiled:
+        segment = (page.tilelength, page.tilewidth)
+    else:
+        segment = (min(page.rowsperstrip or page.imagelength, page.imagelength), page.imagewidth)
+    assert page.dtype is not None
+    return SlideGeometry(
+        height=page.imagelength,
+        width=page.imagewidth,
+        samples=page.samplesperpixel,
+        dtype=page.dtype.name,
+        segment_height=segment[0],
+        segment_width=segment[1],
+    )
+
+
+def slide_metadata(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> SlideMetadata:
+    """Microns per pixel, objective power and vendor, from whichever metadata the slide has."""
+    if tif.is_svs:
+        return _aperio_metadata(page.description)
+    if tif.is_ome and tif.ome_metadata:
+        return _ome_metadata(tif.ome_metadata)
+    mpp_x, mpp_y = _resolution_mpp(page)
+    make = page.tags.valueof(271)  # the TIFF "Make" tag: the scanner's manufacturer
+    return SlideMetadata("tiff", str(make).strip() or None if make else None, None, mpp_x, mpp_y)
+
+
+def _aperio_metadata(description: str) -> SlideMetadata:
+    """Only AppMag and MPP from the Aperio description; the rest of it may identify people."""
+    try:
+        fields = tifffile.tifffile.svs_description_metadata(description)
+    except ValueError:
+        fields = {}
+    mpp = _positive_float(fields.get("MPP"))
+    return SlideMetadata("aperio-svs", "Aperio", _positive_float(fields.get("AppMag")), mpp, mpp)
+
+
+def _ome_metadata(xml: str) -> SlideMetadata:
+    """PhysicalSizeX/Y (in microns), the objective's nominal magnification and manufacturer."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return SlideMetadata("ome-tiff")
+    pixels = next(root.iter(_ome_tag(root, "Pixels")), None)
+    mpp_x = mpp_y = None
+    if pixels is not None:
+        mpp_x = _ome_size(pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeXUnit"))
+        mpp_y = _ome_size(pixels.get("PhysicalSizeY"), pixels.get("PhysicalSizeYUnit"))
+    objective = next(root.iter(_ome_tag(root, "Objective")), None)
+    power = vendor = None
+    if objective is not None:
+        power = _positive_float(objective.get("NominalMagnification"))
+        vendor = objective.get("Manufacturer") or None
+    return SlideMetadata("ome-tiff", vendor, power, mpp_x, mpp_y or mpp_x)
+
+
+def _ome_tag(root: ET.Element, name: str) -> str:
+    namespace = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    return namespace + name
+
+
+def _ome_size(value: str | None, unit: str | None) -> float | None:
+    size = _positive_float(value)
+    factor = OME_UNITS_IN_MICRONS.get(unit or "µm")
+    return size * factor if size is not None and factor is not None else None
+
+
+def _resolution_mpp(page: tifffile.TiffPage) -> tuple[float | None, float | None]:
+    """Microns per pixel from X/YResolution, only when the unit is physical (inch or cm)."""
+    microns = MICRONS_PER_UNIT.get(int(page.tags.valueof(296, 2)))
+    if microns is None:
+        return None, None
+    mpp = []
+    for tag in (282, 283):
+        value = page.tags.valueof(tag)
+        ratio = value[0] / value[1] if isinstance(value, tuple) and value[1] else value
+        mpp.append(microns / float(ratio) if ratio else None)
+    # tifffile writes 1 pixel/inch when no resolution is given: not a real measurement.
+    if mpp[0] is not None and mpp[0] >= microns:
+        return None, None
+    return mpp[0], mpp[1]
+
+
+def _positive_float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+class RegionReader:
+    """Reads rectangular regions of one slide's full-resolution level, already cut into chunks.
+
+    A region comes back chunk-major, ``(chunks_down, chunks_across, samples, chunk, chunk)``, so
+    each chunk is contiguous and goes to the codec without a copy; outside the slide it is 0.
+    """
+
+    def __init__(self, tif: tifffile.TiffFile, page: tifffile.TiffPage) -> None:
+        self._tif = tif
+        self._page = page
+        self.geometry = slide_geometry(page)
+        self._decode = segment_decoder(page, self.geometry)
+        g = self.geometry
+        self._segments_across = math.ceil(g.width / g.segment_width)
+
+    def read_chunks(
+        self, y0: int, x0: int, height: int, width: int, chunk: int, pool: Executor | None = None
+    ) -> Pixels:
+        """Pixels ``[y0:y0+height, x0:x0+width]`` as zero-padded chunks of ``chunk`` px.
+
+        Segments are read in file order (few, large reads) and decoded on ``pool`` if given.
+        """
+        g = self.geometry
+        shape = (-(-height // chunk), -(-width // chunk), g.samples, chunk, chunk)
+        indices = self._segments_in(y0, x0, height, width)
+        offsets = [self._page.dataoffsets[i] for i in indices]
+        counts = [self._page.databytecounts[i] for i in indices]
+        # Decoded tiles cover every pixel unless the region ends inside a chunk (padding) or a
+        # tile is missing: only then does the buffer need zeroing first.
+        covered = height % chunk == 0 and width % chunk == 0 and all(counts)
+        chunks = np.empty(shape, dtype=g.dtype) if covered else np.zeros(shape, dtype=g.dtype)
+        window = (y0, x0, min(y0 + height, g.height), min(x0 + width, g.width))
+
+        def decode_into(item: tuple[bytes | None, int]) -> None:
+            data, index = item
+            if data:  # a missing segment stays 0, as tifffile fills it
+                self._place(self._decode(data, index), index, chunks, window)
+
+        segments = cast(
+            Iterator[tuple[bytes | None, int]],
+            self._tif.filehandle.read_segments(offsets, counts, indices, sort=True),
+        )
+        for _ in pool.map(decode_into, segments) if pool else map(decode_into, segments):
+            pass
+        return chunks
+
+    def _segments_in(self, y0: int, x0: int, height: int, width: int) -> list[int]:
+        g = self.geometry
+        rows = range(
+            y0 // g.segment_height, (min(y0 + height, g.height) - 1) // g.segment_height + 1
+        )
+        cols = range(x0 // g.segment_width, (min(x0 + width, g.width) - 1) // g.segment_width + 1)
+        return [r * self._segments_across + c for r in rows for c in cols]
+
+    def _place(
+        self, segment: Pixels, index: int, chunks: Pixels, window: tuple[int, int, int, int]
+    ) -> None:
+        """Copy the part of one decoded segment inside the window into the chunks it overlaps,
+        channel first."""
+        g, size = self.geometry, chunks.shape[-1]
+        y0, x0, y1, x1 = window
+        top = (index // self._segments_across) * g.segment_height
+        left = (index % self._segments_across) * g.segment_width
+        ys, ye = max(top, y0), min(top + segment.shape[0], y1)
+        xs, xe = max(left, x0), min(left + segment.shape[1], x1)
+        for cy in range((ys - y0) // size, (ye - 1 - y0) // size + 1):
+            cys, cye = max(ys, y0 + cy * size), min(ye, y0 + (cy + 1) * size)
+            for cx in range((xs - x0) // size, (xe - 1 - x0) // size + 1):
+                cxs, cxe = max(xs, x0 + cx * size), min(xe, x0 + (cx + 1) * size)
+                part = segment[cys - top : cye - top, cxs - left : cxe - left]
+                oy, ox = cys - y0 - cy * size, cxs - x0 - cx * size
+                target = chunks[cy, cx, :, oy : oy + part.shape[0], ox : ox + part.shape[1]]
+                np.copyto(target, np.moveaxis(part, -1, 0))
+
+
+def segment_decoder(
+    page: tifffile.TiffPage, geometry: SlideGeometry
+) -> Callable[[bytes, int], Pixels]:
+    """A function decoding one segment's bytes to ``(rows, cols, samples)``."""
+    if page.compression == JPEG and page.bitspersample == 8:
+        return _jpeg_decoder(page, geometry)
+    decode = page.decode
+
+    def decode_any(data: bytes, index: int) -> Pixels:
+        pixels = decode(data, index, jpegtables=page.jpegtables)[0]
+        if pixels is None:
+            raise InvalidInput(f"{page.parent.filename}: segment {index} could not be decoded")
+        return np.asarray(pixels).reshape(pixels.shape[-3:])
+
+    return decode_any
+
+
+def _jpeg_decoder(
+    page: tifffile.TiffPage, geometry: SlideGeometry
+) -> Callable[[bytes, int], Pixels]:
+    """libjpeg-turbo straight from the segment bytes, into one reused buffer per reader.
+
+    The colour space follows tifffile: Aperio writes RGB JPEG without a JFIF marker, which must be
+    decoded as RGB (not YCbCr) to match what every other reader shows.
+    """
+    colorspace, outcolorspace = tifffile.tifffile.jpeg_decode_colorspace(
+        page.photometric, page.planarconfig, page.extrasamples, page.is_jfif
+    )
+    shape = (geometry.segment_height, geometry.segment_width, geometry.samples)
+    tables = page.jpegtables
+    buffers = threading.local()  # one reused output tile per decoding thread
+
+    def decode_jpeg(data: bytes, index: int) -> Pixels:
+        if not hasattr(buffers, "tile"):
+            buffers.tile = np.empty(shape, np.uint8)
+        out = buffers.tile if geometry.samples == 3 else buffers.tile[..., 0]
+        try:
+            pixels = imagecodecs.jpeg8_decode(
+                data, tables=tables, colorspace=colorspace, outcolorspace=outcolorspace, out=out
+            )
+        except (imagecodecs.Jpeg8Error, ValueError) as err:
+            raise InvalidInput(f"{page.parent.filename}: JPEG tile {index}: {err}") from err
+        return np.asarray(pixels).reshape(pixels.shape[0], pixels.shape[1], geometry.samples)
+
+    return decode_jpeg

@@ -1,0 +1,179 @@
+"""Pyramid geometry, the 2x2 mean, and shards written by hand that zarr reads back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from mira.errors import InvalidInput
+from tasks.wsi_ngff import region_keys
+from tasks.wsi_pyramid import (
+    CODEC_NAMES,
+    ChunkCodec,
+    PyramidPlan,
+    assemble_quarters,
+    chunks_from_planar,
+    downsample_mean,
+    encode_chunk_objects,
+    encode_shard,
+    planar_from_chunks,
+)
+from tasks.wsi_regions import plan_region_tasks
+
+
+def reference_mean(image: np.ndarray) -> np.ndarray:
+    """The documented rule, written plainly: edge-replicate odd sides, 2x2 mean, half up."""
+    _, h, w = image.shape
+    padded = np.pad(image.astype(np.uint64), ((0, 0), (0, h % 2), (0, w % 2)), mode="edge")
+    total = (
+        padded[:, 0::2, 0::2]
+        + padded[:, 1::2, 0::2]
+        + padded[:, 0::2, 1::2]
+        + padded[:, 1::2, 1::2]
+    )
+    return ((total + 2) // 4).astype(image.dtype)
+
+
+def test_levels_stop_at_min_side() -> None:
+    plan = PyramidPlan.for_slide(2967, 2220, 3, "uint8", 512, 4096, 1024)
+    assert plan.shapes == ((2967, 2220), (1484, 1110), (742, 555))
+    assert plan.top == 0 and plan.grid(0) == (1, 1)
+    big = PyramidPlan.for_slide(17000, 20000, 3, "uint8", 512, 4096, 1024)
+    assert big.levels == 6 and big.grid(0) == (5, 5) and big.top == 3
+    assert PyramidPlan.for_slide(800, 600, 3, "uint8", 512, 4096, 1024).levels == 1
+
+
+@pytest.mark.parametrize(("chunk", "shard"), [(500, 4096), (512, 1000), (512, 256), (8, 64)])
+def test_bad_chunk_or_shard_is_invalid_input(chunk: int, shard: int) -> None:
+    with pytest.raises(InvalidInput):
+        PyramidPlan.for_slide(4000, 4000, 3, "uint8", chunk, shard, 1024)
+
+
+def test_unknown_codec_is_invalid_input() -> None:
+    with pytest.raises(InvalidInput, match="unknown codec"):
+        ChunkCodec("jpeg-xl")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    height=st.integers(1, 140),
+    width=st.integers(1, 140),
+    chunk=st.sampled_from([16, 32, 64]),
+    seed=st.integers(0, 2**16),
+)
+def test_chunked_mean_equals_reference(height: int, width: int, chunk: int, seed: int) -> None:
+    image = np.random.default_rng(seed).integers(0, 256, (3, height, width), dtype=np.uint8)
+    chunks = chunks_from_planar(image, chunk)
+    assert np.array_equal(planar_from_chunks(chunks, height, width), image)
+    quarters = downsample_mean(chunks, height, width)
+    half = ((height + 1) // 2, (width + 1) // 2)
+    plan = PyramidPlan((half,), 3, "uint8", chunk, 16 * chunk)  # one shard holds the level
+    merged = assemble_quarters(plan, 0, 0, 0, [(0, 0, quarters)])
+    assert np.array_equal(planar_from_chunks(merged, *half), reference_mean(image))
+    beyond = merged.copy()
+    beyond_planar = beyond.transpose(2, 0, 3, 1, 4).reshape(3, merged.shape[0] * chunk, -1)
+    beyond_planar[:, : half[0], : half[1]] = 0
+    assert not beyond_planar.any(), "padding beyond the level stays 0"
+
+
+def test_mean_of_uint16_and_of_constant_regions() -> None:
+    image = np.random.default_rng(1).integers(0, 65536, (1, 33, 47), dtype=np.uint16)
+    quarters = downsample_mean(chunks_from_planar(image, 16), 33, 47)
+    plan = PyramidPlan(((17, 24),), 1, "uint16", 16, 64)
+    merged = assemble_quarters(plan, 0, 0, 0, [(0, 0, quarters)])
+    assert np.array_equal(planar_from_chunks(merged, 17, 24), reference_mean(image))
+    flat = np.full((3, 31, 31), 201, np.uint8)
+    assert (downsample_mean(chunks_from_planar(flat, 16), 31, 31)[0, 0] == 201).all()
+
+
+def test_mean_is_not_nearest_neighbour() -> None:
+    image = np.zeros((1, 2, 2), np.uint8)
+    image[0, 1, 1] = 255  # nearest neighbour would give 0
+    assert downsample_mean(chunks_from_planar(image, 16), 2, 2)[0, 0, 0, 0, 0] == 64
+
+
+@pytest.mark.parametrize("name", CODEC_NAMES)
+def test_hand_written_shards_read_back_with_zarr(tmp_path: Path, name: str) -> None:
+    codec = ChunkCodec(name, 1 if name != "gzip" else 6)
+    plan = PyramidPlan(((150, 100),), 3, "uint8", 32, 64)
+    compressor = codec.zarr3_compressor()
+    store = zarr.storage.LocalStore(tmp_path / "a")
+    array = zarr.create_array(
+        store,
+        shape=(3, 150, 100),
+        dtype="uint8",
+        chunks=(3, 32, 32),
+        shards=(3, 64, 64),
+        compressors=[compressor] if compressor is not None else None,
+        fill_value=0,
+    )
+    image = np.random.default_rng(7).integers(0, 256, (3, 150, 100), dtype=np.uint8)
+    prototype = default_buffer_prototype()
+    for row in range(3):
+        for col in range(2):
+            y0, x0, h, w = plan.region(0, row, col)
+            chunks = chunks_from_planar(image[:, y0 : y0 + h, x0 : x0 + w], 32)
+            (key,) = region_keys(plan, "0.5", 0, row, col)
+            data = encode_shard(chunks, plan, codec)
+            sync(store.set(key.removeprefix("0/"), prototype.buffer.from_array_like(data)))
+    assert np.array_equal(array[:], image)
+
+
+def test_zarr_v2_chunk_objects_read_back(tmp_path: Path) -> None:
+    codec = ChunkCodec("zstd", 1)
+    store = zarr.storage.LocalStore(tmp_path / "a")
+    array = zarr.create_array(
+        store,
+        shape=(3, 50, 70),
+        dtype="uint8",
+        chunks=(3, 32, 32),
+        compressors=codec.numcodec(),
+        zarr_format=2,
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+    )
+    image = np.random.default_rng(8).integers(0, 256, (3, 50, 70), dtype=np.uint8)
+    prototype = default_buffer_prototype()
+    for (cy, cx), data in encode_chunk_objects(chunks_from_planar(image, 32), codec).items():
+        sync(store.set(f"0/{cy}/{cx}", prototype.buffer.from_bytes(data)))
+    assert np.array_equal(array[:], image)
+
+
+def test_tasks_form_a_quad_tree_in_z_order() -> None:
+    plan = PyramidPlan.for_slide(1000, 700, 3, "uint8", 64, 128, 100)
+    tasks = plan_region_tasks(plan, "0.5", set())
+    leaves = [(t.row, t.col) for t in tasks if t.kind == "source"]
+    rows, cols = plan.grid(0)
+    assert sorted(leaves) == [(r, c) for r in range(rows) for c in range(cols)]
+    assert leaves[:4] == [(0, 0), (0, 1), (1, 0), (1, 1)], "siblings run together"
+    for index, task in enumerate(tasks):
+        assert all(child < index for child in task.children), "children come first"
+        if task.kind == "combine":
+            assert len(task.children) == len(plan.children(task.level, task.row, task.col))
+    roots = [t for t in tasks if t.level == plan.top]
+    assert len(roots) == 1 and roots[0] is tasks[-1]
+
+
+def test_written_regions_are_reloaded_not_recomputed() -> None:
+    plan = PyramidPlan.for_slide(1000, 700, 3, "uint8", 64, 128, 100)
+    first_two = set(region_keys(plan, "0.5", 0, 0, 0) + region_keys(plan, "0.5", 0, 0, 1))
+    tasks = plan_region_tasks(plan, "0.5", first_two)
+    fresh = plan_region_tasks(plan, "0.5", set())
+    assert (
+        len([t for t in tasks if t.kind == "source"])
+        == len([t for t in fresh if t.kind == "source"]) - 2
+    )
+    assert {(t.row, t.col) for t in tasks if t.kind == "reload"} == {(0, 0), (0, 1)}
+    parent = {(t.level, t.row, t.col) for t in fresh if t.kind == "combine"} & {(1, 0, 0)}
+    assert parent, "the parent of the written regions is still computed"
+    everything = {key for t in fresh for key in region_keys(plan, "0.5", t.level, t.row, t.col)}
+    everything |= {
+        key for level in range(plan.levels) for key in region_keys(plan, "0.5", level, 0, 0)
+    }
+    assert plan_region_tasks(plan, "0.5", everything) == []
