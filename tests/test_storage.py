@@ -327,15 +327,19 @@ def test_only_transient_errors_are_retried(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_backend_errors_are_classified() -> None:
-    from botocore.exceptions import ClientError
-
     from mira.errors import AccessDenied, TransientStoreError
     from storage.errors import classify
 
+    class ServiceError(Exception):
+        """Shaped like a botocore ClientError (tests do not import the backend)."""
+
+        def __init__(self, code: str) -> None:
+            super().__init__(code)
+            self.response = {"Error": {"Code": code, "Message": code}}
+
     def client_error(code: str) -> Exception:
-        err = ClientError({"Error": {"Code": code, "Message": code}}, "PutObject")
-        wrapped = OSError(code)
-        wrapped.__cause__ = err
+        wrapped = OSError(code)  # s3fs raises OSError subclasses from the client error
+        wrapped.__cause__ = ServiceError(code)
         return wrapped
 
     assert isinstance(classify(client_error("SlowDown"), "s3://b/k"), TransientStoreError)
