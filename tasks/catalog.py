@@ -281,3 +281,35 @@ def excluded_keys(store: Store) -> set[str]:
                     if row["batch"] in failed_batches
                 }
     return excluded
+
+
+SERIES_SQL = """
+SELECT batch, patient_id, study_uid, series_uid, any_value(modality) AS modality,
+       any_value(body_part) AS body_part, any_value(manufacturer) AS manufacturer,
+       any_value(model) AS model, count(*) AS instances, sum(bytes) AS bytes,
+       min(rows) AS rows, min(columns) AS columns, sum(frames) AS frames,
+       any_value(slice_thickness) AS slice_thickness,
+       CASE WHEN count(slice_position) > 1
+            THEN (max(slice_position) - min(slice_position)) / (count(slice_position) - 1)
+       END AS mean_slice_spacing,
+       any_value(deid_profile) AS deid_profile, any_value(mira_version) AS mira_version
+FROM items GROUP BY batch, patient_id, study_uid, series_uid ORDER BY series_uid
+"""
+STUDIES_SQL = """
+SELECT batch, patient_id, study_uid, any_value(study_date) AS study_date,
+       string_agg(DISTINCT modality, ',' ORDER BY modality) AS modalities,
+       count(DISTINCT series_uid) AS series, count(*) AS instances, sum(bytes) AS bytes
+FROM items GROUP BY batch, patient_id, study_uid ORDER BY study_uid
+"""
+
+
+def summarise_instances(instances: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """The ``series`` and ``studies`` rows of a batch, derived from its ``instances`` rows."""
+    connection = duckdb.connect()
+    try:
+        connection.register("items", instances)
+        return connection.sql(SERIES_SQL).to_arrow_table(), connection.sql(
+            STUDIES_SQL
+        ).to_arrow_table()
+    finally:
+        connection.close()

@@ -15,12 +15,14 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
 import pyarrow as pa
 import tifffile
 
+from mira import __version__
 from mira.errors import DeidentificationError, InvalidInput, ObjectNotFound, PhiLeak
 from storage import Store, join_key, open_store
 from tasks import catalog
@@ -364,9 +366,30 @@ def _commit_catalog(
     """Write the batch's catalog parts: the commit that makes the batch visible downstream."""
     instances = [o.row for o in published if o.row and o.item.format != "slide"]
     slides = [o.row for o in published if o.row and o.item.format == "slide"]
-    catalog.write_part(research, "instances", batch, _table(instances, catalog.INSTANCE_SCHEMA))
+    instance_table = _table(instances, catalog.INSTANCE_SCHEMA)
+    series, studies = catalog.summarise_instances(instance_table)
+    catalog.write_part(research, "series", batch, series)
+    catalog.write_part(research, "studies", batch, studies)
     catalog.write_part(research, "slides", batch, _table(slides, catalog.SLIDE_SCHEMA))
-    return _result(batch, published, refusal_counts(outcomes), policy)
+    result = _result(batch, published, refusal_counts(outcomes), policy)
+    catalog.write_part(research, "batches", batch, [batch_row(result)])
+    # Instances last: that part is the commit downstream stages look for.
+    catalog.write_part(research, "instances", batch, instance_table)
+    return result
+
+
+def batch_row(result: DeidStageResult) -> dict[str, Any]:
+    """The ``batches`` row: counts only (nothing from the gateway side but numbers)."""
+    return {
+        "batch": result.batch,
+        "instances": result.instances,
+        "slides": result.slides,
+        "scrubbed": result.scrubbed,
+        "quarantined_at_deid": sum(result.quarantined.values()),
+        "deid_profile": result.profile,
+        "mira_version": __version__,
+        "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def refusal_counts(outcomes: Sequence[Outcome]) -> dict[str, int]:

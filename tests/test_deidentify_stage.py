@@ -144,3 +144,20 @@ def test_deid_and_phi_scan_commands(
     dirty = runner.invoke(app, ["phi-scan", str(source), "--against", str(source)])
     assert dirty.exit_code != 0
     assert "PHI hits" in dirty.output
+
+
+def test_series_studies_and_batches_tables(local_store: Store, sample: Path) -> None:
+    gateway, research = local_store.child("gateway"), local_store.child("research")
+    upload(sample, gateway, (RADIOLOGY,))
+    ingest_batch(gateway, RADIOLOGY)
+    deidentify_batch(gateway, research, RADIOLOGY, KEY, DeidPolicy.default())
+    series = catalog.query(
+        research, "SELECT modality, instances, mean_slice_spacing FROM series ORDER BY modality"
+    ).to_pylist()
+    assert [s["modality"] for s in series] == ["CT", "CT", "MR", "MR"]  # two patients
+    ct = [s for s in series if s["modality"] == "CT"]
+    assert all(s["instances"] == 24 and s["mean_slice_spacing"] > 0 for s in ct)
+    studies = catalog.read_table(research, "studies").to_pylist()
+    assert sum(s["instances"] for s in studies) == 2 * 28
+    batches = catalog.read_table(research, "batches").to_pylist()
+    assert [(b["batch"], b["instances"]) for b in batches] == [(RADIOLOGY, 56)]
