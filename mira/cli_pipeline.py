@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -156,6 +157,7 @@ def demo(
     ]
     print_summaries(summaries)
     research = open_store(settings.research_url)
+    mira = os.path.relpath(sys.argv[0]) if os.sep in sys.argv[0] else "mira"
     out.print(f"""
 Where to look
   gateway store (PHI side)        {gateway.url}
@@ -167,8 +169,8 @@ Where to look
     catalog (Parquet)             {research.child("catalog").url}
     quality results, Data Docs    {research.child("quality").url}
     snapshots                     {research.child("snapshots").url}
-Try: mira --research {research.url} ls | catalog query "SELECT modality, count(*) FROM instances GROUP BY 1"
-     mira --research {research.url} snapshot list | snapshot verify NAME | qa docs | review list""")
+Try: {mira} --research {research.url} ls | catalog query "SELECT modality, count(*) FROM instances GROUP BY 1"
+     {mira} --research {research.url} snapshot list | snapshot verify NAME | qa docs | review list""")
 
 
 def _ensure_demo_secret(gateway: Path) -> None:
