@@ -40,7 +40,10 @@ class PipelineOptions(BaseModel):
         description="Snapshot name; {batch} is replaced. A rerun keeps an existing snapshot.",
     )
     convert: ConvertParams = Field(default_factory=ConvertParams, description="Pyramid options.")
-    quality: QualityOptions = Field(default_factory=QualityOptions, description="Quality gate.")
+    quality: QualityOptions = Field(
+        default_factory=lambda: QualityOptions(reuse_current=True),
+        description="Quality gate; a rerun keeps a validation whose inputs are unchanged.",
+    )
 
 
 @flow(

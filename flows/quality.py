@@ -42,6 +42,11 @@ class QualityOptions(BaseModel):
         "identifiers never enter Prefect's database.",
     )
     build_docs: bool = Field(True, description="Rebuild the GX Data Docs afterwards.")
+    reuse_current: bool = Field(
+        False,
+        description="Keep a batch's validation when its catalog rows and the config are "
+        "unchanged (pipeline reruns); the nightly run re-validates everything.",
+    )
 
 
 @task(name="assess-batch-quality", **RETRY_POLICY)
@@ -55,6 +60,7 @@ def assess_batch_task(settings: Settings, batch: str, options: QualityOptions) -
         identifiers=identifiers_from_file(options.phi_identifiers_file),
         dask_address=settings.dask_address,
         workers=settings.dask_workers,
+        reuse_current=options.reuse_current,
     )
 
 
@@ -93,7 +99,8 @@ def quality(
             ", ".join(summary.failed_checks) or "none",
         )
         summaries.append(dataclasses.asdict(summary))
-    docs = data_docs_task(settings) if options.build_docs and summaries else None
+    changed = [s for s in summaries if not s["reused"]]
+    docs = data_docs_task(settings) if options.build_docs and changed else None
     return {
         "verdict": "fail" if any(s["verdict"] == "fail" for s in summaries) else "pass",
         "batches": summaries,

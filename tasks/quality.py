@@ -178,6 +178,8 @@ class QualitySummary:
     queued_for_review: tuple[str, ...]
     validation_key: str
     config_sha256: str
+    input_sha256: str = ""
+    reused: bool = False  # an earlier validation of the same inputs was kept
 
 
 def validation_key(batch: str) -> str:
@@ -254,6 +256,8 @@ def validation_document(
         "validated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "mira_version": __version__,
         "config_sha256": summary.config_sha256,
+        "input_sha256": summary.input_sha256,
+        "summary": dataclasses.asdict(summary),
         "phi_identifiers_checked": identifiers,
         "rows": {"instances": summary.instances, "slides": summary.slides},
         "expectations": [{**dataclasses.asdict(o), "keys": list(o.keys[:20])} for o in outcomes],
@@ -285,14 +289,21 @@ def assess_batch(
     identifiers: Sequence[str] = (),
     dask_address: str = "",
     workers: int = 0,
+    reuse_current: bool = False,
 ) -> QualitySummary:
     """Run the GX suites and the image QA of ``batch`` and record every result.
 
     Rerunning replaces the batch's quality part, GX files and queue part; a decision already
-    taken on an item queued for the same reasons stays in force.
+    taken on an item queued for the same reasons stays in force. With ``reuse_current`` a
+    batch whose catalog rows, config and identifier count are unchanged since its last
+    validation keeps that validation and nothing is rewritten (pipeline reruns).
     """
     store = open_store(research_url, s3)
     config = config or load_quality_config()
+    fingerprint = input_fingerprint(store, batch, config, len(identifiers))
+    if reuse_current and (earlier := current_summary(store, batch, fingerprint)) is not None:
+        log.info("batch %s: catalog rows and config unchanged; validation kept", batch)
+        return earlier
     frames = batch_frames(store, batch, identifiers)
     if "instances" not in frames and "slides" not in frames:
         raise InvalidInput(f"batch {batch!r} has no instances or slides in the catalog")
@@ -319,11 +330,36 @@ def assess_batch(
         queued_for_review=tuple(item.key for item in queued),
         validation_key=validation_key(batch),
         config_sha256=config.sha256(),
+        input_sha256=fingerprint,
     )
     document = validation_document(summary, run.outcomes, reports, len(identifiers))
     store.write_json(summary.validation_key, document)
     log.info("batch %s: gate %s, %d queued for review", batch, summary.verdict, len(queued))
     return summary
+
+
+def input_fingerprint(store: Store, batch: str, config: QualityConfig, identifiers: int) -> str:
+    """SHA-256 over what a validation depends on: the batch's catalog parts and the config."""
+    digest = hashlib.sha256(f"{config.sha256()}:{identifiers}:{__version__}".encode())
+    for table in ("instances", "slides"):
+        key = catalog.part_key(table, batch)
+        digest.update(store.sha256(key).encode() if store.exists(key) else b"-")
+    return digest.hexdigest()
+
+
+def current_summary(store: Store, batch: str, fingerprint: str) -> QualitySummary | None:
+    """The recorded summary of ``batch`` when it was made from the same inputs, else None."""
+    if not store.exists(validation_key(batch)):
+        return None
+    document = store.read_json(validation_key(batch))
+    recorded = document.get("summary") if isinstance(document, dict) else None
+    if not recorded or document.get("input_sha256") != fingerprint:
+        return None
+    fields: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()
+    }
+    fields["reused"] = True
+    return QualitySummary(**fields)
 
 
 def catalog_batches(store: Store) -> list[str]:

@@ -278,3 +278,20 @@ def test_quality_flow_validates_one_or_every_batch(tmp_path: Path, prefect_api: 
     assert every["verdicts"] == {"f1": "pass", "f2": "fail"}
     assert every["verdict"] == "fail" and every["queued_for_review"] == 0
     assert every["data_docs"].endswith("quality/data_docs/index.html")
+
+
+def test_reuse_current_rewrites_nothing_until_the_inputs_change(
+    local_store: Store, dask_address: str
+) -> None:
+    mixed_batch(local_store, "steady")
+    first = assess_batch(local_store.url, "steady", dask_address=dask_address)
+    before = [(o.key, o.etag) for o in local_store.list("quality")]
+    kept = assess_batch(local_store.url, "steady", dask_address=dask_address, reuse_current=True)
+    assert kept.reused and kept.verdict == first.verdict
+    assert kept.queued_for_review == first.queued_for_review
+    assert [(o.key, o.etag) for o in local_store.list("quality")] == before
+    rows = catalog.read_part(local_store, "instances", "steady")
+    assert rows is not None
+    catalog.write_part(local_store, "instances", "steady", rows.slice(0, 2))  # the batch changed
+    again = assess_batch(local_store.url, "steady", dask_address=dask_address, reuse_current=True)
+    assert not again.reused and again.instances == 2
