@@ -26,7 +26,7 @@ from mira.errors import InvalidInput
 Pixels = NDArray[Any]
 EMPTY_CHUNK = 2**64 - 1  # the sharding codec's marker for "chunk not stored"
 CODEC_NAMES = ("zstd", "blosc-zstd", "blosc-lz4", "lz4", "gzip", "none")
-DOWNSAMPLE_BAND_ROWS = 64
+DOWNSAMPLE_BAND_ROWS = 512  # row pairs per step: 2 x 256 KiB of uint16 work, in L2 cache
 
 
 @dataclass(frozen=True)

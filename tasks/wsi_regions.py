@@ -154,8 +154,23 @@ def reload_region(job: RegionJob, level: int, row: int, col: int) -> Pixels:
 
 
 def finish_region(job: RegionJob, level: int, row: int, col: int, chunks: Pixels) -> Pixels | None:
-    """Write the region, then hand its quarters to the parent (or, at the root, write the rest)."""
-    write_region(job, level, row, col, chunks)
+    """Write the region, then hand its quarters to the parent (or, at the root, write the rest).
+
+    The encoded region is stored on a second thread while this one downsamples: the write (a
+    copy into the page cache, or a PUT) overlaps the 2x2 means instead of adding to them.
+    """
+    objects = encode_region(job, level, row, col, chunks)
+    with ThreadPoolExecutor(1, thread_name_prefix="mira-wsi-put") as writer:
+        stored = writer.submit(put_objects, job.target.zarr_store(job.pyramid_key), objects)
+        quarters = downsample_region(job, level, row, col, chunks)
+        stored.result()
+    return quarters
+
+
+def downsample_region(
+    job: RegionJob, level: int, row: int, col: int, chunks: Pixels
+) -> Pixels | None:
+    """The region's quarters for its parent; at the root, every smaller level written instead."""
     plan = job.plan
     _, _, height, width = plan.region(level, row, col)
     if level < plan.top:
@@ -170,19 +185,22 @@ def finish_region(job: RegionJob, level: int, row: int, col: int, chunks: Pixels
 
 def write_region(job: RegionJob, level: int, row: int, col: int, chunks: Pixels) -> None:
     """Store one region: a single whole-shard object (v3), or its chunk objects (v2)."""
-    store = job.target.zarr_store(job.pyramid_key)
+    put_objects(job.target.zarr_store(job.pyramid_key), encode_region(job, level, row, col, chunks))
+
+
+def encode_region(
+    job: RegionJob, level: int, row: int, col: int, chunks: Pixels
+) -> dict[str, bytes | Pixels]:
+    """One region's objects, keyed relative to the pyramid: its whole shard (v3), or its chunk
+    objects (v2)."""
     with _pool(job.threads) as pool:
         if job.version == "0.5":
             (key,) = region_keys(job.plan, job.version, level, row, col)
-            put_objects(store, {key: encode_shard(chunks, job.plan, job.codec, pool)})
-            return
+            return {key: encode_shard(chunks, job.plan, job.codec, pool)}
         encoded = encode_chunk_objects(chunks, job.codec, pool)
     per_side = job.plan.shard // job.plan.chunk
     first_y, first_x = row * per_side, col * per_side
-    objects = {
-        f"{level}/0/{first_y + cy}/{first_x + cx}": data for (cy, cx), data in encoded.items()
-    }
-    put_objects(store, objects)
+    return {f"{level}/0/{first_y + cy}/{first_x + cx}": data for (cy, cx), data in encoded.items()}
 
 
 @contextmanager

@@ -255,7 +255,7 @@ class RegionReader:
                 part = segment[cys - top : cye - top, cxs - left : cxe - left]
                 oy, ox = cys - y0 - cy * size, cxs - x0 - cx * size
                 target = chunks[cy, cx, :, oy : oy + part.shape[0], ox : ox + part.shape[1]]
-                np.copyto(target, np.moveaxis(part, -1, 0))
+                np.copyto(target, part.transpose(2, 0, 1))
 
 
 def segment_decoder(
