@@ -27,7 +27,13 @@ from mira.errors import DeidentificationError, InvalidInput, ObjectNotFound, Phi
 from storage import Store, join_key, open_store
 from tasks import catalog
 from tasks.cluster import dask_client
-from tasks.deid import DeidPolicy, deidentify_dicom, deidentify_slide, scan_for_phi
+from tasks.deid import (
+    DeidPolicy,
+    deidentify_dicom,
+    deidentify_slide,
+    scan_for_phi,
+    scan_slide_file,
+)
 from tasks.deid_rows import instance_row, slide_row
 from tasks.ingest import read_accepted
 from tasks.quarantine import QuarantineEntry, quarantine, write_reason
@@ -276,9 +282,9 @@ def _deidentify_slide(job: DeidJob, item: WorkItem) -> Outcome:
     with tempfile.NamedTemporaryFile() as output, job.source.open_read(item.key) as source:
         result = deidentify_slide(source, output, job.key, job.policy)
         research_key = join_key("slides", f"{result.slide_id}.tiff")
-        output.seek(0)
+        output.flush()
         identifiers = set(result.identifiers) | path_identifiers(item.path)
-        hits = scan_for_phi([(research_key, output.read())], identifiers)
+        hits = scan_slide_file(research_key, output.name, identifiers)
         output.seek(0)
         with tifffile.TiffFile(output) as tif:
             shape = (int(tif.pages.first.shape[0]), int(tif.pages.first.shape[1]))

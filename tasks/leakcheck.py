@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from storage import Store
-from tasks.deid import PhiHit, collect_identifiers, scan_for_phi
+from tasks.deid import PhiHit, collect_identifiers, scan_for_phi, scan_slide_file
 from tasks.sniff import sniff_format
 
 log = logging.getLogger(__name__)
+CHUNK_BYTES = 8 * 1024 * 1024
 SCANNABLE = frozenset({"dicom", "dicom-no-preamble", "tiff", "bigtiff", "svs"})
 
 
@@ -41,7 +44,23 @@ def scan_outputs(
     objects = list(outputs.list())
     hits: list[PhiHit] = []
     for done, info in enumerate(objects, 1):
-        hits += scan_for_phi([(info.key, outputs.read_bytes(info.key))], identifiers)
+        hits += scan_object(outputs, info.key, identifiers)
         if progress:
             progress(done, len(objects))
     return hits
+
+
+def scan_object(outputs: Store, key: str, identifiers: set[str]) -> list[PhiHit]:
+    """One output: slides are scanned from a file in bounded memory, the rest in memory."""
+    with outputs.open_read(key) as stream:
+        head = stream.read(4096)
+        if sniff_format(head) not in ("tiff", "bigtiff", "svs"):
+            return scan_for_phi([(key, head + stream.read())], identifiers)
+        local = outputs.local_path(key)
+        if local is not None:
+            return scan_slide_file(key, local, identifiers)
+        with tempfile.NamedTemporaryFile(prefix="mira-scan-") as copy:
+            copy.write(head)
+            shutil.copyfileobj(stream, copy, CHUNK_BYTES)
+            copy.flush()
+            return scan_slide_file(key, copy.name, identifiers)

@@ -197,3 +197,26 @@ def test_tokens_match_whole_words_only() -> None:
     assert matcher.mentions("seen by Ann today")
     assert not matcher.mentions("1.2.3.20040119.5")
     assert matcher.mentions("study of 20040119.")
+
+
+def test_slide_file_scan_finds_tags_and_raw_bytes_across_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bounded-memory slide scan: a tag value, and a token split by a chunk boundary."""
+    import numpy as np
+    import tifffile
+
+    from tasks.deid import phiscan
+
+    path = tmp_path / "slide.tiff"
+    tifffile.imwrite(path, np.zeros((64, 64), np.uint8), description="scanned for WELLINGTON^ADA")
+    data = path.read_bytes()
+    token = b"MRN77553311"
+    cut = len(data) // 2
+    path.write_bytes(data[:cut] + token + data[cut:])
+    monkeypatch.setattr(phiscan, "SCAN_CHUNK_BYTES", cut + 4)  # the chunk ends inside the token
+    hits = phiscan.scan_slide_file("slides/x.tiff", path, {"WELLINGTON", "MRN77553311"})
+    locations = sorted(h.location for h in hits)
+    assert any(loc.startswith("page[0].ImageDescription") for loc in locations)
+    assert f"bytes@{cut}" in locations
+    assert phiscan.scan_slide_file("slides/x.tiff", path, {"NOBODYHERE"}) == []

@@ -6,7 +6,7 @@ vendor metadata, and the PHI scanner checks every output against the identifiers
 """
 
 from tasks.deid.dicom import DicomDeidResult, collect_dicom_identifiers, deidentify_dicom
-from tasks.deid.phiscan import PhiHit, collect_identifiers, scan_for_phi
+from tasks.deid.phiscan import PhiHit, collect_identifiers, scan_for_phi, scan_slide_file
 from tasks.deid.profile import (
     DeidOption,
     DeidPolicy,
@@ -38,4 +38,5 @@ __all__ = [
     "pseudonymize_patient_id",
     "pseudonymize_uid",
     "scan_for_phi",
+    "scan_slide_file",
 ]

@@ -91,6 +91,42 @@ def scan_for_phi(files: Iterable[tuple[str, bytes]], identifiers: Iterable[str])
     return hits
 
 
+SCAN_CHUNK_BYTES = 32 * 1024 * 1024
+
+
+def scan_slide_file(name: str, path: str | Path, identifiers: Iterable[str]) -> list[PhiHit]:
+    """The hits of one slide on disk, in bounded memory: its name, the text tags of every page,
+    then its raw bytes in overlapping chunks (slides are too large to hold whole)."""
+    matcher = IdentifierMatcher(identifiers)
+    if not matcher:
+        return []
+    found: list[tuple[str, str]] = [("path", text) for _, text in matcher.find(name)]
+    with tifffile.TiffFile(path) as tif:
+        found += _page_tag_hits(tif, matcher)
+    seen = {token.casefold() for location, token in found if location != "path"}
+    raw_tokens = tuple(t.encode("utf-8") for t in matcher.tokens if len(t) >= RAW_MIN_TOKEN_CHARS)
+    for offset, token in _raw_hits_in_file(Path(path), raw_tokens):
+        if token not in seen:
+            found.append((f"bytes@{offset}", token))
+    return [PhiHit(name, location, identifier_digest(token)) for location, token in found]
+
+
+def _raw_hits_in_file(path: Path, tokens: tuple[bytes, ...]) -> list[tuple[int, str]]:
+    """``_raw_hits`` over a file read chunk by chunk; chunks overlap by the longest token."""
+    if not tokens:
+        return []
+    overlap = max(len(t) for t in tokens) + 1
+    hits: set[tuple[int, str]] = set()
+    with path.open("rb") as stream:
+        base, carry = 0, b""
+        while chunk := stream.read(SCAN_CHUNK_BYTES):
+            window = carry + chunk
+            hits |= {(base + offset, token) for offset, token in _raw_hits(window, tokens)}
+            carry = window[-overlap:]
+            base += len(window) - len(carry)
+    return sorted(hits)
+
+
 def _scan_one(
     name: str, data: bytes, matcher: IdentifierMatcher, raw_tokens: tuple[bytes, ...]
 ) -> list[PhiHit]:
@@ -177,16 +213,20 @@ def _as_text(value: Any) -> str:
 
 def _tiff_hits(data: bytes, matcher: IdentifierMatcher) -> list[tuple[str, str]]:
     """Hits in the text and byte tags of every page of a TIFF file."""
-    found: list[tuple[str, str]] = []
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            for index, page in enumerate(tif.pages):
-                for tag in page.tags:  # type: ignore[union-attr]
-                    if isinstance(tag.value, str | bytes):
-                        text = _as_text(tag.value)
-                        found += [(f"page[{index}].{tag.name}", t) for _, t in matcher.find(text)]
+            return _page_tag_hits(tif, matcher)
     except Exception:
-        return found
+        return []
+
+
+def _page_tag_hits(tif: tifffile.TiffFile, matcher: IdentifierMatcher) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for index, page in enumerate(tif.pages):
+        for tag in page.tags:  # type: ignore[union-attr]
+            if isinstance(tag.value, str | bytes):
+                text = _as_text(tag.value)
+                found += [(f"page[{index}].{tag.name}", t) for _, t in matcher.find(text)]
     return found
 
 
