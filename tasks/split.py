@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mira.errors import InvalidInput
-from storage import Store
+from storage import ObjectInfo, Store
 from tasks import catalog
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -361,17 +363,14 @@ def split_dataset(
     table = pa.Table.from_pylist(sorted(rows + kept, key=lambda r: r["patient_id"]), SPLITS_SCHEMA)
     part = catalog.write_part(store, SPLITS_TABLE, name, table)
     report = balance_report(table, items)
-    balance_info = store.write_json(
-        balance_key(name),
-        {
-            "name": name,
-            "seed": seed,
-            "ratios": ratios.text(),
-            "stratified_by": list(stratify_by),
-            "created_at": stamp,
-            "rows": [row.__dict__ for row in report],
-        },
-    )
+    document: dict[str, Any] = {
+        "name": name,
+        "seed": seed,
+        "ratios": ratios.text(),
+        "stratified_by": list(stratify_by),
+        "rows": [row.__dict__ for row in report],
+    }
+    balance_info = write_balance(store, name, document, stamp)
     return SplitResult(
         name=name,
         seed=seed,
@@ -384,6 +383,18 @@ def split_dataset(
         balance_key=balance_info.key,
         balance=report,
     )
+
+
+def write_balance(store: Store, name: str, balance: dict[str, Any], stamp: str) -> ObjectInfo:
+    """Publish the balance report, unless the stored one says the same (reruns rewrite nothing)."""
+    key = balance_key(name)
+    if store.exists(key):
+        stored = store.read_json(key)
+        if {k: v for k, v in stored.items() if k != "created_at"} == json.loads(
+            json.dumps(balance)
+        ):
+            return store.info(key)
+    return store.write_json(key, {**balance, "created_at": stamp})
 
 
 def balance_key(name: str) -> str:
