@@ -17,25 +17,29 @@ WORKER_START_TIMEOUT = 120.0
 
 @contextlib.contextmanager
 def dask_client(
-    address: str = "", workers: int = 0, threads_per_worker: int = 1
+    address: str = "", workers: int = 0, threads_per_worker: int = 1, processes: bool = True
 ) -> Iterator[Client]:
     """Connect to ``address`` when given, else start a LocalCluster for the block's duration.
 
-    The LocalCluster uses processes (the work is CPU-bound Python plus GIL-releasing codecs),
-    ``workers`` of them (0: one per core), and no dashboard so nothing else listens.
+    The LocalCluster uses processes by default (the work is CPU-bound Python plus GIL-releasing
+    codecs), ``workers`` of them (0: one per core), and a dashboard on a free loopback port.
+    ``processes=False`` runs the workers as threads of this process instead: for work whose
+    heavy parts all release the GIL, it spares starting processes and moving data between them.
     """
     if address:
         with Client(address) as client:
             yield client
         return
     count = workers or os.cpu_count() or 1
+    # Processes talk TCP on loopback; threads use the in-process transport (no host to give).
+    where = {"host": "127.0.0.1"} if processes else {}
     with (
         LocalCluster(
             n_workers=count,
             threads_per_worker=threads_per_worker,
-            processes=True,
-            dashboard_address=":0",  # None still binds 8787; a free port clashes with nothing
-            host="127.0.0.1",
+            processes=processes,
+            dashboard_address="127.0.0.1:0",  # None still binds 8787; a free port clashes with nothing
+            **where,
         ) as cluster,
         Client(cluster) as client,
     ):
@@ -46,5 +50,9 @@ def dask_client(
                 f"the Dask LocalCluster did not start {count} workers within "
                 f"{WORKER_START_TIMEOUT:.0f}s; see the worker logs above"
             ) from err
-        log.info("started a LocalCluster with %d workers", count)
+        log.info(
+            "started a LocalCluster with %d %s",
+            count * (1 if processes else threads_per_worker),
+            "worker processes" if processes else "worker threads in this process",
+        )
         yield client

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-import dask
 import numpy as np
 from distributed import Client, Future, as_completed, fire_and_forget
 
@@ -67,10 +66,6 @@ PYRAMIDS_PREFIX = "pyramids/"
 PYRAMID_SUFFIX = ".ome.zarr"
 ROOT_DOCUMENTS = ("zarr.json", ".zattrs", ".zgroup")
 PARENT_PRIORITY = 1_000_000_000
-WORKER_MALLOC = {
-    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1 << 30,
-    "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 1 << 28,
-}
 
 
 @dataclass(frozen=True)
@@ -84,7 +79,7 @@ class ConvertOptions:
     codec_level: int = 1
     min_level_side: int = 1024  # add levels until the longest side is at most this
     dask_address: str = ""  # an existing scheduler; empty: a LocalCluster for the call
-    workers: int = 0  # LocalCluster worker processes; 0: one per core
+    workers: int = 0  # LocalCluster threads; 0: one per core
 
     def settings(self) -> dict[str, Any]:
         """The fields that decide the output bytes (not where the work runs)."""
@@ -190,20 +185,20 @@ class _Work:
 
 @contextlib.contextmanager
 def conversion_cluster(options: ConvertOptions) -> Iterator[Client]:
-    """The Dask client conversions run on (``options.dask_address``, else a LocalCluster whose
-    workers keep freed memory for reuse); a flow converting many slides can hold one open.
+    """The Dask client conversions run on: ``options.dask_address``, else a LocalCluster of one
+    worker with ``options.workers`` threads (0: one per core) in this process. A flow converting
+    many slides can hold one open.
 
-    Dask makes worker processes return freed heap memory to the OS at once (trim threshold 64
-    KiB), so every 50 MB region buffer faults its pages in again: twice the wall time per task,
-    measured. Region buffers are a few and of similar sizes, so keeping them is bounded.
+    Threads, not processes, by default: decoding, encoding, the 2x2 means and the copies all
+    release the GIL, so threads use every core, while a cluster of processes costs seconds to
+    start and moves every region's downsampled quarter between processes (measured: 1.2 s more
+    on a 1 GB slide, in a 4 s run).
     """
-    with (
-        dask.config.set(WORKER_MALLOC),
-        dask_client(options.dask_address, options.workers) as client,
-    ):
-        # Workers import the codecs while this process still prepares the target.
-        for worker in client.scheduler_info()["workers"]:
-            fire_and_forget(client.submit(_load_region_code, workers=[worker], pure=False))
+    threads = options.workers or os.cpu_count() or 1
+    with dask_client(options.dask_address, 1, threads, processes=False) as client:
+        if options.dask_address:  # remote workers import the codecs while this process prepares
+            for worker in client.scheduler_info()["workers"]:
+                fire_and_forget(client.submit(_load_region_code, workers=[worker], pure=False))
         yield client
 
 

@@ -10,11 +10,15 @@ and the whole shard is stored as one object. zarr (or any Zarr v3 reader) reads 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
+import cv2
 import google_crc32c
 import imagecodecs
 import numcodecs
@@ -26,7 +30,78 @@ from mira.errors import InvalidInput
 Pixels = NDArray[Any]
 EMPTY_CHUNK = 2**64 - 1  # the sharding codec's marker for "chunk not stored"
 CODEC_NAMES = ("zstd", "blosc-zstd", "blosc-lz4", "lz4", "gzip", "none")
-DOWNSAMPLE_BAND_ROWS = 512  # row pairs per step: 2 x 256 KiB of uint16 work, in L2 cache
+CV2_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+
+# mira runs one region per core itself; OpenCV's own thread pool would only contend with that.
+cv2.setNumThreads(1)
+
+
+class BufferPool:
+    """Scratch arrays reused by the region tasks of one process.
+
+    A region is tens of MB; a fresh array of that size costs a page fault per 4 KiB on first
+    touch, which measured as much as the codec work on the same bytes. Arrays are taken from the
+    pool and given back once nothing reads them, so the pool never holds more buffers of a kind
+    than were ever in use at once. Contents are undefined when taken. An array that is never
+    given back is simply garbage collected.
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[str, list[NDArray[np.uint8]]] = {}
+        self._lent: dict[int, tuple[str, NDArray[np.uint8]]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, kind: str, shape: tuple[int, ...], dtype: Any) -> Pixels:
+        """A C-contiguous array of ``shape`` and ``dtype``, backed by a reused buffer of ``kind``
+        (a buffer too small for it is replaced by one that fits)."""
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        with self._lock:
+            free = self._free.setdefault(kind, [])
+            sizes = [candidate.nbytes for candidate in free]
+            fitting = [index for index, size in enumerate(sizes) if size >= nbytes]
+            buffer: NDArray[np.uint8] | None = None
+            if fitting:
+                buffer = free.pop(min(fitting, key=sizes.__getitem__))
+            elif free:  # all too small: drop the smallest, the new one takes its place
+                free.pop(sizes.index(min(sizes)))
+        if buffer is None:
+            buffer = np.empty(nbytes, np.uint8)
+        array = buffer[:nbytes].view(dtype).reshape(shape)
+        with self._lock:
+            self._lent[id(array)] = (kind, buffer)
+        # Forgotten arrays: drop the record with the array, so the buffer can be collected.
+        weakref.finalize(array, self._forget, id(array), buffer)
+        return array
+
+    def give(self, array: Pixels) -> None:
+        """Return an array from ``take``: its buffer serves the next ``take``. Nothing may read
+        the array afterwards. Arrays the pool did not lend (a copy sent from another process)
+        are ignored."""
+        with self._lock:
+            lent = self._lent.pop(id(array), None)
+            if lent is not None and lent[1].base is None:
+                self._free.setdefault(lent[0], []).append(lent[1])
+
+    @contextmanager
+    def borrow(self, kind: str, shape: tuple[int, ...], dtype: Any) -> Iterator[Pixels]:
+        """``take`` for the block, given back at its end."""
+        array = self.take(kind, shape, dtype)
+        try:
+            yield array
+        finally:
+            self.give(array)
+
+    def _forget(self, key: int, buffer: NDArray[np.uint8]) -> None:
+        with self._lock:
+            if key in self._lent and self._lent[key][1] is buffer:
+                del self._lent[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+
+BUFFERS = BufferPool()
 
 
 @dataclass(frozen=True)
@@ -171,11 +246,11 @@ class PyramidPlan:
         return (self.samples, *self.shapes[level])
 
 
-def empty_region(plan: PyramidPlan, level: int, row: int, col: int) -> Pixels:
-    """A zeroed chunk-major region, ``(chunks_down, chunks_across, c, chunk, chunk)``."""
+def region_shape(plan: PyramidPlan, level: int, row: int, col: int) -> tuple[int, ...]:
+    """A chunk-major region's shape, ``(chunks_down, chunks_across, c, chunk, chunk)``."""
     _, _, height, width = plan.region(level, row, col)
     c = plan.chunk
-    return np.zeros((-(-height // c), -(-width // c), plan.samples, c, c), plan.dtype)
+    return (-(-height // c), -(-width // c), plan.samples, c, c)
 
 
 def chunks_from_planar(planar: Pixels, chunk: int) -> Pixels:
@@ -195,7 +270,7 @@ def planar_from_chunks(chunks: Pixels, height: int, width: int) -> Pixels:
     return np.ascontiguousarray(planar[:, :height, :width])
 
 
-def downsample_mean(chunks: Pixels, height: int, width: int) -> Pixels:
+def downsample_mean(chunks: Pixels, height: int, width: int, out: Pixels | None = None) -> Pixels:
     """2x2 mean of a chunk-major region whose valid size is ``height x width``, rounded half up.
 
     Returns each chunk halved in place of the chunk, ``(down, across, c, chunk/2, chunk/2)``
@@ -203,7 +278,12 @@ def downsample_mean(chunks: Pixels, height: int, width: int) -> Pixels:
     row (column) is first copied into the padding beside it, so the last output row (column) is
     the mean of the one or two pixels that exist, not darkened by the padding; output beyond
     ``ceil(height/2) x ceil(width/2)`` stays 0. Interior regions are even-sized, so region-wise
-    results equal a whole-level downsample. The region's padding is modified.
+    results equal a whole-level downsample. The region's padding is modified. The means go to
+    ``out`` when given (a C-contiguous array of the quarters' shape).
+
+    uint8 and uint16 go through OpenCV's area resize, whose exact 2x case is the rounded 2x2
+    mean ``(a + b + c + d + 2) >> 2`` in SIMD code; the stacked chunk planes are one 2-D image
+    for it, as no 2x2 block crosses two planes (chunk sides are even).
     """
     size = chunks.shape[-1]
     if height % 2:
@@ -213,47 +293,45 @@ def downsample_mean(chunks: Pixels, height: int, width: int) -> Pixels:
         col, used = divmod(width, size)
         chunks[:, col, :, :, used] = chunks[:, col, :, :, used - 1]
     down, across, c = chunks.shape[:3]
-    pairs = chunks.reshape(-1, 2, size)  # consecutive rows of the same chunk plane
-    halves = _mean_of_pairs(pairs) if chunks.dtype == np.uint8 else _mean_of_pairs_wide(pairs)
-    return halves.reshape(down, across, c, size // 2, size // 2)
+    half = size // 2
+    if chunks.dtype not in CV2_DTYPES:
+        means = _mean_wide(chunks.reshape(-1, 2, size)).reshape(down, across, c, half, half)
+        if out is None:
+            return means
+        out[...] = means
+        return out
+    planes = np.ascontiguousarray(chunks).reshape(-1, size)
+    quarters = np.empty((down, across, c, half, half), chunks.dtype) if out is None else out
+    target = quarters.reshape(-1, half)  # a view: OpenCV writes the means into it
+    means = cv2.resize(planes, (half, target.shape[0]), dst=target, interpolation=cv2.INTER_AREA)
+    if not np.shares_memory(means, target):
+        target[...] = means
+    return quarters
 
 
-def _mean_of_pairs_wide(pairs: Pixels) -> Pixels:
+def _mean_wide(pairs: Pixels) -> Pixels:
+    """Row pairs ``(n, 2, w)`` -> ``(n, w/2)`` rounded means, in a wider integer type."""
     wide: Pixels = pairs.astype(np.uint64 if pairs.dtype.itemsize >= 4 else np.uint32)
     total = wide[:, 0, 0::2] + wide[:, 0, 1::2] + wide[:, 1, 0::2] + wide[:, 1, 1::2]
     return ((total + 2) // 4).astype(pairs.dtype)
 
 
-def _mean_of_pairs(pairs: Pixels) -> Pixels:
-    """uint8 row pairs ``(n, 2, w)`` -> ``(n, w/2)`` means, in bands that stay in cache. Two
-    neighbour pixels are read as one uint16, so every step is a contiguous vector operation (the
-    sum of both bytes is the same in either byte order)."""
-    words = pairs.view(np.uint16)
-    out = np.empty((pairs.shape[0], pairs.shape[2] // 2), np.uint8)
-    total = np.empty((DOWNSAMPLE_BAND_ROWS, out.shape[1]), np.uint16)
-    part = np.empty_like(total)
-    for start in range(0, words.shape[0], DOWNSAMPLE_BAND_ROWS):
-        band = words[start : start + DOWNSAMPLE_BAND_ROWS]
-        s, t = total[: len(band)], part[: len(band)]
-        np.bitwise_and(band[:, 0], 0xFF, out=s)
-        np.right_shift(band[:, 0], 8, out=t)
-        s += t
-        np.bitwise_and(band[:, 1], 0xFF, out=t)
-        s += t
-        np.right_shift(band[:, 1], 8, out=t)
-        s += t
-        s += 2
-        s >>= 2
-        np.copyto(out[start : start + len(band)], s, casting="unsafe")
-    return out
-
-
 def assemble_quarters(
-    plan: PyramidPlan, level: int, row: int, col: int, children: list[tuple[int, int, Pixels]]
+    plan: PyramidPlan,
+    level: int,
+    row: int,
+    col: int,
+    children: list[tuple[int, int, Pixels]],
+    out: Pixels | None = None,
 ) -> Pixels:
     """A chunk-major region of ``level`` from its children's quarters ``(child_row, child_col,
-    quarters)``: each quarter lands in one quadrant of one chunk."""
-    region = empty_region(plan, level, row, col)
+    quarters)``: each quarter lands in one quadrant of one chunk. ``out`` (of ``region_shape``)
+    is zeroed and filled, else a new array is."""
+    if out is None:
+        region = np.zeros(region_shape(plan, level, row, col), plan.dtype)
+    else:
+        region = out
+        region.fill(0)
     size, half, half_shard = plan.chunk, plan.chunk // 2, plan.shard // 2
     down, across = region.shape[:2]
     for child_row, child_col, quarters in children:
@@ -269,18 +347,33 @@ def assemble_quarters(
     return region
 
 
+def shard_bound(chunks: Pixels, plan: PyramidPlan) -> int:
+    """The most bytes ``encode_shard`` writes for ``chunks`` with zstd: the size its ``out``
+    needs."""
+    per_side = plan.shard // plan.chunk
+    count = chunks.shape[0] * chunks.shape[1]
+    return count * _zstd_bound(chunks[0, 0].nbytes) + per_side * per_side * 16 + 4
+
+
 def encode_shard(
-    chunks: Pixels, plan: PyramidPlan, codec: ChunkCodec, pool: Executor | None = None
+    chunks: Pixels,
+    plan: PyramidPlan,
+    codec: ChunkCodec,
+    pool: Executor | None = None,
+    out: NDArray[np.uint8] | None = None,
 ) -> Pixels:
     """A whole shard object for one region, as one uint8 array: encoded chunks, then the index
     and its CRC32C. Chunks of the shard's grid beyond the region (the level's edge) are marked
-    empty. Without a pool, zstd encodes each chunk straight into the object (no second copy)."""
+    empty. Without a pool, zstd encodes each chunk straight into the object (no second copy),
+    in ``out`` when given (at least ``shard_bound`` bytes; the result is a view of it)."""
     per_side = plan.shard // plan.chunk
     positions = [(cy, cx) for cy in range(chunks.shape[0]) for cx in range(chunks.shape[1])]
     tail = per_side * per_side * 16 + 4  # the index: (offset, nbytes) uint64 pairs, then CRC32C
     if codec.name == "zstd" and pool is None:
-        bound = _zstd_bound(chunks[0, 0].nbytes)
-        shard = np.empty(len(positions) * bound + tail, np.uint8)
+        bound = shard_bound(chunks, plan)
+        if out is not None and out.nbytes < bound:
+            raise ValueError(f"encode_shard needs {bound} bytes of output, not {out.nbytes}")
+        shard = out if out is not None else np.empty(bound, np.uint8)
         lengths = []
         offset = 0
         for position in positions:

@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 from storage import Store, join_key
 from tasks.wsi_ngff import NgffVersion, put_objects, region_keys
 from tasks.wsi_pyramid import (
+    BUFFERS,
     ChunkCodec,
     PyramidPlan,
     assemble_quarters,
@@ -33,6 +34,8 @@ from tasks.wsi_pyramid import (
     downsample_mean,
     encode_chunk_objects,
     encode_shard,
+    region_shape,
+    shard_bound,
 )
 from tasks.wsi_source import RegionReader, full_resolution_page, open_slide
 
@@ -129,10 +132,15 @@ def run_tasks_here(job: RegionJob, tasks: list[RegionTask]) -> Iterator[int]:
 def convert_source_region(job: RegionJob, row: int, col: int) -> Pixels | None:
     """Level 0: decode the source tiles under one shard region and write it."""
     y0, x0, height, width = job.plan.region(0, row, col)
-    with open_slide(job.source, job.source_key) as tif, _pool(job.threads) as pool:
+    shape = region_shape(job.plan, 0, row, col)
+    with (
+        open_slide(job.source, job.source_key) as tif,
+        _pool(job.threads) as pool,
+        BUFFERS.borrow("region", shape, job.plan.dtype) as chunks,
+    ):
         reader = RegionReader(tif, full_resolution_page(tif))
-        chunks = reader.read_chunks(y0, x0, height, width, job.plan.chunk, pool)
-    return finish_region(job, 0, row, col, chunks)
+        reader.read_chunks(y0, x0, height, width, job.plan.chunk, pool, out=chunks)
+        return finish_region(job, 0, row, col, chunks)
 
 
 def combine_regions(
@@ -141,7 +149,12 @@ def combine_regions(
     """Levels above 0: the children's quarters (in ``plan.children`` order) make the region."""
     children = job.plan.children(level, row, col)
     placed = [(r, c, q) for (r, c), q in zip(children, quarters, strict=True)]
-    return finish_region(job, level, row, col, assemble_quarters(job.plan, level, row, col, placed))
+    shape = region_shape(job.plan, level, row, col)
+    with BUFFERS.borrow("region", shape, job.plan.dtype) as region:
+        assemble_quarters(job.plan, level, row, col, placed, out=region)
+        for quarter in quarters:  # copied into the region: nothing reads them again
+            BUFFERS.give(quarter)
+        return finish_region(job, level, row, col, region)
 
 
 def reload_region(job: RegionJob, level: int, row: int, col: int) -> Pixels:
@@ -159,8 +172,10 @@ def finish_region(job: RegionJob, level: int, row: int, col: int, chunks: Pixels
     The encoded region is stored on a second thread while this one downsamples: the write (a
     copy into the page cache, or a PUT) overlaps the 2x2 means instead of adding to them.
     """
-    objects = encode_region(job, level, row, col, chunks)
-    with ThreadPoolExecutor(1, thread_name_prefix="mira-wsi-put") as writer:
+    with (
+        _encoded_region(job, level, row, col, chunks) as objects,
+        ThreadPoolExecutor(1, thread_name_prefix="mira-wsi-put") as writer,
+    ):
         stored = writer.submit(put_objects, job.target.zarr_store(job.pyramid_key), objects)
         quarters = downsample_region(job, level, row, col, chunks)
         stored.result()
@@ -174,7 +189,9 @@ def downsample_region(
     plan = job.plan
     _, _, height, width = plan.region(level, row, col)
     if level < plan.top:
-        return downsample_mean(chunks, height, width)
+        down, across, samples, size = chunks.shape[:4]
+        out = BUFFERS.take("quarters", (down, across, samples, size // 2, size // 2), chunks.dtype)
+        return downsample_mean(chunks, height, width, out)
     for lower in range(level + 1, plan.levels):  # the root: each smaller level is one shard
         quarters = downsample_mean(chunks, height, width)
         chunks = assemble_quarters(plan, lower, 0, 0, [(0, 0, quarters)])
@@ -185,22 +202,30 @@ def downsample_region(
 
 def write_region(job: RegionJob, level: int, row: int, col: int, chunks: Pixels) -> None:
     """Store one region: a single whole-shard object (v3), or its chunk objects (v2)."""
-    put_objects(job.target.zarr_store(job.pyramid_key), encode_region(job, level, row, col, chunks))
+    with _encoded_region(job, level, row, col, chunks) as objects:
+        put_objects(job.target.zarr_store(job.pyramid_key), objects)
 
 
-def encode_region(
+@contextmanager
+def _encoded_region(
     job: RegionJob, level: int, row: int, col: int, chunks: Pixels
-) -> dict[str, bytes | Pixels]:
-    """One region's objects, keyed relative to the pyramid: its whole shard (v3), or its chunk
-    objects (v2)."""
+) -> Iterator[dict[str, bytes | Pixels]]:
+    """One region's objects, keyed relative to the pyramid: its whole shard (v3), encoded into a
+    reused buffer that is valid inside the block, or its chunk objects (v2)."""
+    if job.version == "0.5":
+        (key,) = region_keys(job.plan, job.version, level, row, col)
+        if job.codec.name == "zstd" and job.threads <= 1:
+            with BUFFERS.borrow("shard", (shard_bound(chunks, job.plan),), np.uint8) as scratch:
+                yield {key: encode_shard(chunks, job.plan, job.codec, out=scratch)}
+            return
+        with _pool(job.threads) as pool:
+            yield {key: encode_shard(chunks, job.plan, job.codec, pool)}
+        return
     with _pool(job.threads) as pool:
-        if job.version == "0.5":
-            (key,) = region_keys(job.plan, job.version, level, row, col)
-            return {key: encode_shard(chunks, job.plan, job.codec, pool)}
         encoded = encode_chunk_objects(chunks, job.codec, pool)
     per_side = job.plan.shard // job.plan.chunk
     first_y, first_x = row * per_side, col * per_side
-    return {f"{level}/0/{first_y + cy}/{first_x + cx}": data for (cy, cx), data in encoded.items()}
+    yield {f"{level}/0/{first_y + cy}/{first_x + cx}": data for (cy, cx), data in encoded.items()}
 
 
 @contextmanager

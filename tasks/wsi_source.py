@@ -198,22 +198,43 @@ class RegionReader:
         g = self.geometry
         self._segments_across = math.ceil(g.width / g.segment_width)
 
+    def chunks_shape(self, height: int, width: int, chunk: int) -> tuple[int, ...]:
+        """The shape ``read_chunks`` returns for a region of ``height x width``."""
+        return (-(-height // chunk), -(-width // chunk), self.geometry.samples, chunk, chunk)
+
     def read_chunks(
-        self, y0: int, x0: int, height: int, width: int, chunk: int, pool: Executor | None = None
+        self,
+        y0: int,
+        x0: int,
+        height: int,
+        width: int,
+        chunk: int,
+        pool: Executor | None = None,
+        out: Pixels | None = None,
     ) -> Pixels:
-        """Pixels ``[y0:y0+height, x0:x0+width]`` as zero-padded chunks of ``chunk`` px.
+        """Pixels ``[y0:y0+height, x0:x0+width]`` as zero-padded chunks of ``chunk`` px, in
+        ``out`` when given (of ``chunks_shape`` and the slide's dtype; any contents).
 
         Segments are read in file order (few, large reads) and decoded on ``pool`` if given.
         """
         g = self.geometry
-        shape = (-(-height // chunk), -(-width // chunk), g.samples, chunk, chunk)
+        shape = self.chunks_shape(height, width, chunk)
         indices = self._segments_in(y0, x0, height, width)
         offsets = [self._page.dataoffsets[i] for i in indices]
         counts = [self._page.databytecounts[i] for i in indices]
         # Decoded tiles cover every pixel unless the region ends inside a chunk (padding) or a
         # tile is missing: only then does the buffer need zeroing first.
         covered = height % chunk == 0 and width % chunk == 0 and all(counts)
-        chunks = np.empty(shape, dtype=g.dtype) if covered else np.zeros(shape, dtype=g.dtype)
+        if out is not None:
+            if out.shape != shape or out.dtype != np.dtype(g.dtype):
+                raise ValueError(f"read_chunks needs out of {shape} {g.dtype}, not {out.shape}")
+            chunks = out
+            if not covered:
+                chunks.fill(0)
+        elif covered:
+            chunks = np.empty(shape, dtype=g.dtype)
+        else:
+            chunks = np.zeros(shape, dtype=g.dtype)
         window = (y0, x0, min(y0 + height, g.height), min(x0 + width, g.width))
 
         def decode_into(item: tuple[bytes | None, int]) -> None:

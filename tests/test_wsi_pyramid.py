@@ -16,6 +16,7 @@ from mira.errors import InvalidInput
 from tasks.wsi_ngff import region_keys
 from tasks.wsi_pyramid import (
     CODEC_NAMES,
+    BufferPool,
     ChunkCodec,
     PyramidPlan,
     assemble_quarters,
@@ -24,6 +25,7 @@ from tasks.wsi_pyramid import (
     encode_chunk_objects,
     encode_shard,
     planar_from_chunks,
+    shard_bound,
 )
 from tasks.wsi_regions import plan_region_tasks
 
@@ -177,3 +179,40 @@ def test_written_regions_are_reloaded_not_recomputed() -> None:
         key for level in range(plan.levels) for key in region_keys(plan, "0.5", level, 0, 0)
     }
     assert plan_region_tasks(plan, "0.5", everything) == []
+
+
+def test_buffer_pool_reuses_given_back_buffers() -> None:
+    pool = BufferPool()
+    first = pool.take("region", (2, 3, 4), np.uint16)
+    assert first.shape == (2, 3, 4) and first.dtype == np.uint16 and first.flags.c_contiguous
+    held = pool.take("region", (2, 3, 4), np.uint16)
+    assert not np.shares_memory(first, held), "a lent buffer is not lent twice"
+    pool.give(first)
+    smaller = pool.take("region", (5, 4), np.uint8)
+    assert np.shares_memory(smaller, first), "a given-back buffer serves the next take"
+    pool.give(smaller)
+    bigger = pool.take("region", (100,), np.uint8)
+    assert not np.shares_memory(bigger, first), "too small: a new one replaces it"
+    pool.give(bigger)
+    assert np.shares_memory(pool.take("region", (100,), np.uint8), bigger)
+    other = pool.take("quarters", (100,), np.uint8)
+    assert not np.shares_memory(other, bigger), "kinds do not mix"
+    pool.give(np.zeros(100, np.uint8))  # not lent by this pool (a copy from elsewhere): ignored
+    with pytest.raises(RuntimeError), pool.borrow("shard", (10,), np.uint8) as borrowed:
+        raise RuntimeError("a failing task")
+    assert np.shares_memory(pool.take("shard", (10,), np.uint8), borrowed), "given back anyway"
+
+
+def test_mean_and_shard_into_given_buffers() -> None:
+    image = np.random.default_rng(3).integers(0, 256, (3, 64, 96), dtype=np.uint8)
+    chunks = chunks_from_planar(image, 32)
+    out = np.full((2, 3, 3, 16, 16), 9, np.uint8)
+    assert downsample_mean(chunks.copy(), 64, 96, out) is out
+    assert np.array_equal(out, downsample_mean(chunks.copy(), 64, 96))
+    plan = PyramidPlan(((64, 96),), 3, "uint8", 32, 128)
+    scratch = np.empty(shard_bound(chunks, plan), np.uint8)
+    shard = encode_shard(chunks, plan, ChunkCodec(), out=scratch)
+    assert np.shares_memory(shard, scratch)
+    assert np.array_equal(shard, encode_shard(chunks, plan, ChunkCodec()))
+    with pytest.raises(ValueError, match="bytes of output"):
+        encode_shard(chunks, plan, ChunkCodec(), out=scratch[:100])

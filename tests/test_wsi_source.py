@@ -59,6 +59,11 @@ def full_and_part(store: Store, key: str) -> None:
         assert np.array_equal(threaded, whole)
         edge = reader.read_chunks(height - 50, width - 70, 50, 70, 64)
         assert not edge[0, 0, :, 50:, :].any() and not edge[0, 0, :, :, 70:].any(), "padding is 0"
+        reused = np.full(reader.chunks_shape(301, 413, 64), 7, part.dtype)  # a dirty buffer
+        assert reader.read_chunks(77, 131, 301, 413, 64, out=reused) is reused
+        assert np.array_equal(reused, part), "a reused buffer gives the same chunks, padding 0"
+        with pytest.raises(ValueError, match="needs out"):
+            reader.read_chunks(0, 0, 64, 64, 64, out=reused)
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
