@@ -9,8 +9,9 @@ Publication is atomic for readers: level arrays first, the root group document l
 document carries the completion record (``attributes.mira``: source SHA-256, source size and
 etag, options, mira and layout versions, the slide's non-identifying metadata); a pyramid without
 it is treated as absent. A killed run leaves level arrays stamped with a run fingerprint (source
-SHA-256 + options); the next run with the same fingerprint keeps the shards already written and
-reads them back instead of decoding the source again, so it ends with the same bytes.
+size and etag + options); the next run with the same fingerprint keeps the shards already written
+and reads them back instead of decoding the source again, so it ends with the same bytes. The
+source's SHA-256 (for the record) is computed while the regions are converted.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import dask
 import numpy as np
 from distributed import Client, Future, as_completed, fire_and_forget
 
@@ -66,6 +69,14 @@ PYRAMIDS_PREFIX = "pyramids/"
 PYRAMID_SUFFIX = ".ome.zarr"
 ROOT_DOCUMENTS = ("zarr.json", ".zattrs", ".zgroup")
 PARENT_PRIORITY = 1_000_000_000
+# The in-process cluster's own housekeeping runs on the event loop, holding the GIL the region
+# threads need between codec calls: sampling their stacks every 10 ms, system metrics every
+# 0.5 s and loop-blockage ticks every 20 ms cost several percent of a conversion, measured.
+QUIET_LOCAL_CLUSTER = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.admin.tick.interval": "1s",
+}
 
 
 @dataclass(frozen=True)
@@ -130,7 +141,7 @@ def convert_slide(
     info = source.info(source_key)
     record = read_completion_record(target, pyramid_key)
     sha = _current_sha(source, source_key, info, record, source_sha256)
-    if record is not None and record["source_sha256"] == sha:
+    if record is not None and sha is not None and record["source_sha256"] == sha:
         log.info("%s is current, skipped", target.url_of(pyramid_key))
         return _skipped(source_key, pyramid_key, record, started)
     work = _describe(source, source_key, info, sha, target, pyramid_key, options, started)
@@ -153,7 +164,7 @@ def convert_pending_slides(research: Store, options: ConvertOptions) -> list[Con
         pyramid_key = pyramid_key_for(info.key)
         record = read_completion_record(research, pyramid_key)
         sha = _current_sha(research, info.key, info, record, None)
-        if record is not None and record["source_sha256"] == sha:
+        if record is not None and sha is not None and record["source_sha256"] == sha:
             results.append(_skipped(info.key, pyramid_key, record, started))
         else:
             work = _describe(research, info.key, info, sha, research, pyramid_key, options, started)
@@ -175,7 +186,7 @@ class _Work:
     source: Store
     source_key: str
     info: ObjectInfo
-    sha256: str
+    sha256: str | None  # None: hashed while the conversion runs
     target: Store
     pyramid_key: str
     plan: PyramidPlan
@@ -195,7 +206,10 @@ def conversion_cluster(options: ConvertOptions) -> Iterator[Client]:
     on a 1 GB slide, in a 4 s run).
     """
     threads = options.workers or os.cpu_count() or 1
-    with dask_client(options.dask_address, 1, threads, processes=False) as client:
+    with (
+        dask.config.set(QUIET_LOCAL_CLUSTER),
+        dask_client(options.dask_address, 1, threads, processes=False) as client,
+    ):
         if options.dask_address:  # remote workers import the codecs while this process prepares
             for worker in client.scheduler_info()["workers"]:
                 fire_and_forget(client.submit(_load_region_code, workers=[worker], pure=False))
@@ -221,15 +235,31 @@ def _slide_objects(research: Store) -> Iterator[ObjectInfo]:
 
 def _current_sha(
     source: Store, key: str, info: ObjectInfo, record: dict[str, Any] | None, known: str | None
-) -> str:
-    """The source's SHA-256: given, or the record's when the object is provably unchanged since
-    (same etag and size: it was not rewritten), else computed by streaming the object."""
+) -> str | None:
+    """The source's SHA-256 when it decides whether to convert: given, or the record's when the
+    object is provably unchanged since (same etag and size: it was not rewritten), else computed
+    by streaming the object. Without a record nothing is decided by it: None, and the hash is
+    computed while the conversion runs (a pass over the whole slide, on a core that would idle).
+    """
     if known:
         return known
-    recorded = (record or {}).get("source_etag"), (record or {}).get("source_size")
-    if record and info.etag and recorded == (info.etag, info.size):
+    if record is None:
+        return None if info.etag else source.sha256(key)
+    if info.etag and (record.get("source_etag"), record.get("source_size")) == (
+        info.etag,
+        info.size,
+    ):
         return str(record["source_sha256"])
     return source.sha256(key)
+
+
+def _source_identity(work: _Work) -> str:
+    """What a run fingerprint names the source by: its size and etag (any rewrite changes the
+    etag: S3 ETags follow the content, local ones the modification time), else its hash."""
+    if work.info.etag:
+        return f"size={work.info.size} etag={work.info.etag}"
+    assert work.sha256 is not None  # no etag: hashed up front by _current_sha
+    return work.sha256
 
 
 def _skipped(
@@ -265,17 +295,21 @@ def _convert(
         options.ngff_version,
         threads,
     )
-    fingerprint = run_fingerprint(work.sha256, options.settings())
-    tasks = plan_region_tasks(plan, job.version, _prepare_target(job, fingerprint))
-    if client is None:
-        for count, _ in enumerate(run_tasks_here(job, tasks), start=1):
-            if progress is not None:
-                progress(count, len(tasks))
-    else:
-        _run_on_dask(client, job, tasks, progress)
+    with ThreadPoolExecutor(1, thread_name_prefix="mira-wsi-sha256") as hasher:
+        hashing = hasher.submit(work.source.sha256, work.source_key) if not work.sha256 else None
+        fingerprint = run_fingerprint(_source_identity(work), options.settings())
+        tasks = plan_region_tasks(plan, job.version, _prepare_target(job, fingerprint))
+        if client is None:
+            for count, _ in enumerate(run_tasks_here(job, tasks), start=1):
+                if progress is not None:
+                    progress(count, len(tasks))
+        else:
+            _run_on_dask(client, job, tasks, progress)
+        sha256 = hashing.result() if hashing is not None else work.sha256
+    assert sha256 is not None
     record = {
         "source_key": work.source_key,
-        "source_sha256": work.sha256,
+        "source_sha256": sha256,
         "source_size": work.info.size,
         "source_etag": work.info.etag,
         "mira_version": mira.__version__,
@@ -298,7 +332,7 @@ def _convert(
     )
     return ConversionResult(
         source_key=work.source_key,
-        source_sha256=work.sha256,
+        source_sha256=sha256,
         pyramid_key=work.pyramid_key,
         levels=plan.levels,
         shape=plan.shapes[0],
@@ -313,7 +347,7 @@ def _describe(
     source: Store,
     source_key: str,
     info: ObjectInfo,
-    sha: str,
+    sha: str | None,
     target: Store,
     pyramid_key: str,
     options: ConvertOptions,

@@ -41,13 +41,14 @@ def zarr_format(version: NgffVersion) -> Literal[2, 3]:
     return 3 if version == "0.5" else 2
 
 
-def run_fingerprint(source_sha256: str, settings: Mapping[str, Any]) -> str:
-    """Identifies one conversion's output: the source content, the layout options, the writer.
+def run_fingerprint(source: str, settings: Mapping[str, Any]) -> str:
+    """Identifies one conversion's output: the source (content hash, or size and etag), the layout
+    options, the writer.
 
     Partial arrays carrying the same fingerprint can be resumed; any other partial state is wiped.
     """
     text = json.dumps(
-        {"source_sha256": source_sha256, "settings": dict(settings), "layout": LAYOUT_VERSION},
+        {"source": source, "settings": dict(settings), "layout": LAYOUT_VERSION},
         sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()

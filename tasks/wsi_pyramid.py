@@ -326,12 +326,17 @@ def assemble_quarters(
 ) -> Pixels:
     """A chunk-major region of ``level`` from its children's quarters ``(child_row, child_col,
     quarters)``: each quarter lands in one quadrant of one chunk. ``out`` (of ``region_shape``)
-    is zeroed and filled, else a new array is."""
+    is filled, else a new array is; it is zeroed first unless four whole-shard children cover it.
+    """
     if out is None:
         region = np.zeros(region_shape(plan, level, row, col), plan.dtype)
     else:
         region = out
-        region.fill(0)
+        per_side = plan.shard // plan.chunk
+        whole = (per_side, per_side)
+        covered = len(children) == 4 and all(q.shape[:2] == whole for _, _, q in children)
+        if region.shape[:2] != whole or not covered:
+            region.fill(0)
     size, half, half_shard = plan.chunk, plan.chunk // 2, plan.shard // 2
     down, across = region.shape[:2]
     for child_row, child_col, quarters in children:

@@ -216,3 +216,18 @@ def test_mean_and_shard_into_given_buffers() -> None:
     assert np.array_equal(shard, encode_shard(chunks, plan, ChunkCodec()))
     with pytest.raises(ValueError, match="bytes of output"):
         encode_shard(chunks, plan, ChunkCodec(), out=scratch[:100])
+
+
+@pytest.mark.parametrize("side", [256, 200])  # four whole children, and a level edge
+def test_assembling_into_a_dirty_buffer_equals_a_fresh_one(side: int) -> None:
+    plan = PyramidPlan.for_slide(2 * side, 2 * side, 3, "uint8", 32, 128, 16)
+    rng = np.random.default_rng(side)
+    children = []
+    for r, c in plan.children(2, 0, 0):
+        _, _, h, w = plan.region(1, r, c)
+        chunks = chunks_from_planar(rng.integers(0, 256, (3, h, w), dtype=np.uint8), 32)
+        children.append((r, c, downsample_mean(chunks, h, w)))
+    fresh = assemble_quarters(plan, 2, 0, 0, children)
+    dirty = np.full(fresh.shape, 255, np.uint8)
+    assert assemble_quarters(plan, 2, 0, 0, children, out=dirty) is dirty
+    assert np.array_equal(dirty, fresh)
