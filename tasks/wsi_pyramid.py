@@ -352,12 +352,107 @@ def assemble_quarters(
     return region
 
 
+def assemble_chunk(
+    plan: PyramidPlan,
+    level: int,
+    row: int,
+    col: int,
+    children: dict[tuple[int, int], Pixels],
+    cy: int,
+    cx: int,
+    out: Pixels,
+) -> None:
+    """Chunk ``(cy, cx)`` of a region of ``level``, ``(c, chunk, chunk)``, from its children's
+    quarters by child ``(row, col)``: each of its four quadrants is one quarter block, or 0 where
+    no child covers it. The same pixels as ``assemble_quarters``, one chunk at a time."""
+    size, half, half_shard = plan.chunk, plan.chunk // 2, plan.shard // 2
+    for sy in (0, 1):
+        y = cy * size + sy * half  # in the region
+        for sx in (0, 1):
+            x = cx * size + sx * half
+            quarters = children.get((2 * row + y // half_shard, 2 * col + x // half_shard))
+            qy, qx = (y % half_shard) // half, (x % half_shard) // half
+            target = out[:, sy * half : (sy + 1) * half, sx * half : (sx + 1) * half]
+            if quarters is not None and qy < quarters.shape[0] and qx < quarters.shape[1]:
+                target[...] = quarters[qy, qx]
+            else:
+                target.fill(0)
+
+
 def shard_bound(chunks: Pixels, plan: PyramidPlan) -> int:
     """The most bytes ``encode_shard`` writes for ``chunks`` with zstd: the size its ``out``
     needs."""
-    per_side = plan.shard // plan.chunk
-    count = chunks.shape[0] * chunks.shape[1]
-    return count * _zstd_bound(chunks[0, 0].nbytes) + per_side * per_side * 16 + 4
+    return RegionEncoder.bound(plan, chunks.shape[0] * chunks.shape[1], chunks[0, 0].nbytes)
+
+
+class RegionEncoder:
+    """Encodes the chunks of one region as they come (any order), then makes its objects.
+
+    ``shard()`` is the whole Zarr v3 shard as one uint8 array: the encoded chunks, then the
+    index of ``(offset, nbytes)`` uint64 pairs and its CRC32C (chunks of the shard's grid beyond
+    the region, at the level's edge, are marked empty). ``chunk_objects()`` are the Zarr v2
+    chunks by grid position. With zstd and an ``out`` buffer (``bound`` bytes), chunks are
+    encoded straight into it: the shard is a view of ``out``, with no second copy. ``add`` may
+    be called from several threads at once only without ``out``.
+    """
+
+    def __init__(self, plan: PyramidPlan, codec: ChunkCodec, out: NDArray[np.uint8] | None = None):
+        self._plan, self._codec = plan, codec
+        self._out = out if codec.name == "zstd" else None
+        self._encode = codec.encoder()
+        self._offset = 0
+        self._placed: dict[tuple[int, int], tuple[int, int]] = {}  # in out: offset, length
+        self._pieces: dict[tuple[int, int], bytes] = {}
+
+    @staticmethod
+    def bound(plan: PyramidPlan, chunks: int, chunk_bytes: int) -> int:
+        """The ``out`` size that holds ``chunks`` encoded chunks of ``chunk_bytes`` and the index."""
+        per_side = plan.shard // plan.chunk
+        return chunks * _zstd_bound(chunk_bytes) + per_side * per_side * 16 + 4
+
+    def add(self, cy: int, cx: int, chunk: Pixels) -> None:
+        """Encode one chunk (C order, any byte order) at grid position ``(cy, cx)``."""
+        if self._out is None:
+            self._pieces[cy, cx] = self._encode(chunk)
+            return
+        data = cast(Any, _little_endian(chunk))
+        space = self._out.nbytes - self._offset - _zstd_bound(chunk.nbytes)
+        if space < 0:
+            raise ValueError(f"RegionEncoder out of {self._out.nbytes} bytes is too small")
+        target = cast(Any, self._out[self._offset :])
+        written = len(imagecodecs.zstd_encode(data, level=self._codec.level, out=target))
+        self._placed[cy, cx] = (self._offset, written)
+        self._offset += written
+
+    def shard(self) -> NDArray[np.uint8]:
+        per_side = self._plan.shard // self._plan.chunk
+        tail = per_side * per_side * 16 + 4
+        index = np.full((per_side, per_side, 2), EMPTY_CHUNK, dtype="<u8")
+        if self._out is not None:
+            shard, size = self._out, self._offset
+            for (cy, cx), place in self._placed.items():
+                index[cy, cx] = place
+        else:
+            size = sum(len(piece) for piece in self._pieces.values())
+            shard, size = np.empty(size + tail, np.uint8), 0
+            for (cy, cx), piece in sorted(self._pieces.items()):
+                shard[size : size + len(piece)] = np.frombuffer(piece, np.uint8)
+                index[cy, cx] = (size, len(piece))
+                size += len(piece)
+        if shard.nbytes < size + tail:
+            raise ValueError(f"RegionEncoder out of {shard.nbytes} bytes is too small")
+        index_bytes = index.tobytes()
+        checksum = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
+        shard[size : size + tail] = np.frombuffer(index_bytes + checksum, np.uint8)
+        return shard[: size + tail]
+
+    def chunk_objects(self) -> dict[tuple[int, int], bytes]:
+        if self._out is not None:
+            return {
+                position: self._out[start : start + length].tobytes()
+                for position, (start, length) in self._placed.items()
+            }
+        return dict(self._pieces)
 
 
 def encode_shard(
@@ -367,43 +462,18 @@ def encode_shard(
     pool: Executor | None = None,
     out: NDArray[np.uint8] | None = None,
 ) -> Pixels:
-    """A whole shard object for one region, as one uint8 array: encoded chunks, then the index
-    and its CRC32C. Chunks of the shard's grid beyond the region (the level's edge) are marked
-    empty. Without a pool, zstd encodes each chunk straight into the object (no second copy),
-    in ``out`` when given (at least ``shard_bound`` bytes; the result is a view of it)."""
-    per_side = plan.shard // plan.chunk
+    """A whole shard object for a chunk-major region (see ``RegionEncoder.shard``), its chunks
+    encoded on ``pool`` if given, else into ``out`` when given (at least ``shard_bound`` bytes;
+    the result is a view of it)."""
+    if out is not None and out.nbytes < shard_bound(chunks, plan):
+        raise ValueError(f"encode_shard needs {shard_bound(chunks, plan)} bytes of output")
+    if pool is None and out is None and codec.name == "zstd":
+        out = np.empty(shard_bound(chunks, plan), np.uint8)
+    encoder = RegionEncoder(plan, codec, out if pool is None else None)
     positions = [(cy, cx) for cy in range(chunks.shape[0]) for cx in range(chunks.shape[1])]
-    tail = per_side * per_side * 16 + 4  # the index: (offset, nbytes) uint64 pairs, then CRC32C
-    if codec.name == "zstd" and pool is None:
-        bound = shard_bound(chunks, plan)
-        if out is not None and out.nbytes < bound:
-            raise ValueError(f"encode_shard needs {bound} bytes of output, not {out.nbytes}")
-        shard = out if out is not None else np.empty(bound, np.uint8)
-        lengths = []
-        offset = 0
-        for position in positions:
-            chunk = cast(Any, _little_endian(chunks[position]))
-            written = len(
-                imagecodecs.zstd_encode(chunk, level=codec.level, out=cast(Any, shard[offset:]))
-            )
-            lengths.append(written)
-            offset += written
-    else:
-        pieces = _encode_all(chunks, positions, codec, pool)
-        lengths = [len(piece) for piece in pieces]
-        shard = np.empty(sum(lengths) + tail, np.uint8)
-        offset = 0
-        for piece in pieces:
-            shard[offset : offset + len(piece)] = np.frombuffer(piece, np.uint8)
-            offset += len(piece)
-    index = np.full((per_side, per_side, 2), EMPTY_CHUNK, dtype="<u8")
-    starts = np.cumsum([0, *lengths[:-1]])
-    for (cy, cx), start, length in zip(positions, starts, lengths, strict=True):
-        index[cy, cx] = (start, length)
-    index_bytes = index.tobytes()
-    checksum = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
-    shard[offset : offset + tail] = np.frombuffer(index_bytes + checksum, np.uint8)
-    return shard[: offset + tail]
+    for _ in _map(pool, lambda at: encoder.add(at[0], at[1], chunks[at]), positions):
+        pass
+    return encoder.shard()
 
 
 def _zstd_bound(size: int) -> int:
@@ -416,16 +486,12 @@ def encode_chunk_objects(
     chunks: Pixels, codec: ChunkCodec, pool: Executor | None = None
 ) -> dict[tuple[int, int], bytes]:
     """Zarr v2 (no sharding): each chunk of the region as its own object, by grid position."""
+    encoder = RegionEncoder(PyramidPlan(((0, 0),), 1, "uint8", 16, 16), codec)
     positions = [(cy, cx) for cy in range(chunks.shape[0]) for cx in range(chunks.shape[1])]
-    return dict(zip(positions, _encode_all(chunks, positions, codec, pool), strict=True))
+    for _ in _map(pool, lambda at: encoder.add(at[0], at[1], chunks[at]), positions):
+        pass
+    return encoder.chunk_objects()
 
 
-def _encode_all(
-    chunks: Pixels, positions: list[tuple[int, int]], codec: ChunkCodec, pool: Executor | None
-) -> list[bytes]:
-    encode = codec.encoder()
-
-    def one(position: tuple[int, int]) -> bytes:
-        return encode(chunks[position])
-
-    return list(pool.map(one, positions) if pool else map(one, positions))
+def _map(pool: Executor | None, function: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
+    return iter(pool.map(function, items)) if pool else map(function, items)

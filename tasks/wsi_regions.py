@@ -13,7 +13,9 @@ is a single region, in the calling process.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,13 +31,12 @@ from tasks.wsi_pyramid import (
     BUFFERS,
     ChunkCodec,
     PyramidPlan,
+    RegionEncoder,
+    assemble_chunk,
     assemble_quarters,
     chunks_from_planar,
     downsample_mean,
-    encode_chunk_objects,
-    encode_shard,
     region_shape,
-    shard_bound,
 )
 from tasks.wsi_source import RegionReader, full_resolution_page, open_slide
 
@@ -129,32 +130,130 @@ def run_tasks_here(job: RegionJob, tasks: list[RegionTask]) -> Iterator[int]:
         yield index
 
 
+ChunkFill = Callable[[int, int, Pixels], None]  # (cy, cx, chunk out) -> None
+FillMaker = Callable[[range], ChunkFill]  # a band of chunk rows -> its fill, used in raster order
+
+
 def convert_source_region(job: RegionJob, row: int, col: int) -> Pixels | None:
-    """Level 0: decode the source tiles under one shard region and write it."""
-    y0, x0, height, width = job.plan.region(0, row, col)
-    shape = region_shape(job.plan, 0, row, col)
-    with (
-        open_slide(job.source, job.source_key) as tif,
-        _pool(job.threads) as pool,
-        BUFFERS.borrow("region", shape, job.plan.dtype) as chunks,
-    ):
-        reader = RegionReader(tif, full_resolution_page(tif))
-        reader.read_chunks(y0, x0, height, width, job.plan.chunk, pool, out=chunks)
-        return finish_region(job, 0, row, col, chunks)
+    """Level 0: decode the source tiles under one shard region, chunk by chunk, and write it."""
+    plan = job.plan
+    y0, x0, height, width = plan.region(0, row, col)
+    size = plan.chunk
+    with open_slide(job.source, job.source_key) as tif:
+        page = full_resolution_page(tif)
+
+        def band_fill(rows: range) -> ChunkFill:
+            # A reader per band keeps each segment it decoded until the band's later chunks
+            # have used it: every segment is decoded once per band.
+            reader = RegionReader(tif, page)
+            top, bottom = y0 + rows.start * size, min(y0 + rows.stop * size, y0 + height)
+            band = (top, x0, bottom, x0 + width)
+
+            def fill(cy: int, cx: int, chunk: Pixels) -> None:
+                y, x = y0 + cy * size, x0 + cx * size
+                h, w = min(size, y0 + height - y), min(size, x0 + width - x)
+                reader.read_chunks(y, x, h, w, size, out=chunk, keep_within=band)
+
+            return fill
+
+        return stream_region(job, 0, row, col, band_fill)
 
 
 def combine_regions(
     job: RegionJob, level: int, row: int, col: int, *quarters: Pixels
 ) -> Pixels | None:
     """Levels above 0: the children's quarters (in ``plan.children`` order) make the region."""
-    children = job.plan.children(level, row, col)
-    placed = [(r, c, q) for (r, c), q in zip(children, quarters, strict=True)]
-    shape = region_shape(job.plan, level, row, col)
-    with BUFFERS.borrow("region", shape, job.plan.dtype) as region:
-        assemble_quarters(job.plan, level, row, col, placed, out=region)
-        for quarter in quarters:  # copied into the region: nothing reads them again
-            BUFFERS.give(quarter)
-        return finish_region(job, level, row, col, region)
+    children = dict(zip(job.plan.children(level, row, col), quarters, strict=True))
+
+    def fill(cy: int, cx: int, chunk: Pixels) -> None:
+        assemble_chunk(job.plan, level, row, col, children, cy, cx, chunk[0, 0])
+
+    result = stream_region(job, level, row, col, lambda rows: fill)
+    for quarter in quarters:  # nothing reads them again
+        BUFFERS.give(quarter)
+    return result
+
+
+def stream_region(
+    job: RegionJob, level: int, row: int, col: int, band_fill: FillMaker
+) -> Pixels | None:
+    """Produce one region chunk by chunk: fill each chunk, encode it, take its 2x2 mean, so a
+    chunk is read back from the cache, not from memory, and no region-sized buffer exists. Then
+    store the region and hand its quarters to the parent; at the root, write the smaller levels.
+
+    With ``job.threads`` > 1 (a slide of one region, converted in this process), the rows of
+    chunks are cut into one band per thread.
+    """
+    plan = job.plan
+    _, _, height, width = plan.region(level, row, col)
+    down, across, samples, size = region_shape(plan, level, row, col)[:4]
+    half = size // 2
+    quarters = BUFFERS.take("quarters", (down, across, samples, half, half), plan.dtype)
+    bands = _bands(down, job.threads)
+    direct = job.codec.name == "zstd" and job.version == "0.5" and len(bands) == 1
+    chunk_bytes = samples * size * size * np.dtype(plan.dtype).itemsize
+    with contextlib.ExitStack() as stack:
+        out = None
+        if direct:  # encoded straight into a reused buffer that becomes the shard
+            bound = RegionEncoder.bound(plan, down * across, chunk_bytes)
+            out = stack.enter_context(BUFFERS.borrow("shard", (bound,), np.uint8))
+        encoder = RegionEncoder(plan, job.codec, out)
+
+        def run_band(rows: range) -> None:
+            fill = band_fill(rows)
+            with BUFFERS.borrow("chunk", (1, 1, samples, size, size), plan.dtype) as chunk:
+                for cy in rows:
+                    for cx in range(across):
+                        fill(cy, cx, chunk)
+                        encoder.add(cy, cx, chunk[0, 0])  # before the mean touches the padding
+                        h, w = min(size, height - cy * size), min(size, width - cx * size)
+                        downsample_mean(chunk, h, w, quarters[cy : cy + 1, cx : cx + 1])
+
+        with _pool(len(bands)) as pool:
+            for _ in pool.map(run_band, bands) if pool else map(run_band, bands):
+                pass
+        put_objects(job.target.zarr_store(job.pyramid_key), _objects(job, level, row, col, encoder))
+    if level < plan.top:
+        return quarters
+    write_levels_below_root(job, quarters)
+    BUFFERS.give(quarters)
+    return None
+
+
+def _bands(rows: int, threads: int) -> list[range]:
+    """``range(rows)`` cut into at most ``threads`` contiguous, near-equal, non-empty bands."""
+    count = max(1, min(threads, rows))
+    edges = [rows * k // count for k in range(count + 1)]
+    return [range(a, b) for a, b in itertools.pairwise(edges) if b > a]
+
+
+def write_levels_below_root(job: RegionJob, quarters: Pixels) -> None:
+    """The root region's quarters make the next level, and so on: each smaller level is one
+    shard, written whole."""
+    plan = job.plan
+    for lower in range(plan.top + 1, plan.levels):
+        chunks = assemble_quarters(plan, lower, 0, 0, [(0, 0, quarters)])
+        encoder = RegionEncoder(plan, job.codec)
+        for cy in range(chunks.shape[0]):
+            for cx in range(chunks.shape[1]):
+                encoder.add(cy, cx, chunks[cy, cx])
+        put_objects(job.target.zarr_store(job.pyramid_key), _objects(job, lower, 0, 0, encoder))
+        if lower + 1 < plan.levels:
+            quarters = downsample_mean(chunks, *plan.shapes[lower])
+
+
+def _objects(
+    job: RegionJob, level: int, row: int, col: int, encoder: RegionEncoder
+) -> dict[str, bytes | Pixels]:
+    """One region's objects, keyed relative to the pyramid: its whole shard (v3), or its chunk
+    objects (v2)."""
+    if job.version == "0.5":
+        (key,) = region_keys(job.plan, job.version, level, row, col)
+        return {key: encoder.shard()}
+    per_side = job.plan.shard // job.plan.chunk
+    first_y, first_x = row * per_side, col * per_side
+    encoded = encoder.chunk_objects()
+    return {f"{level}/0/{first_y + cy}/{first_x + cx}": data for (cy, cx), data in encoded.items()}
 
 
 def reload_region(job: RegionJob, level: int, row: int, col: int) -> Pixels:
@@ -164,68 +263,6 @@ def reload_region(job: RegionJob, level: int, row: int, col: int) -> Pixels:
     array = zarr.open_array(store, mode="r")
     planar = np.asarray(array[:, y0 : y0 + height, x0 : x0 + width])
     return downsample_mean(chunks_from_planar(planar, job.plan.chunk), height, width)
-
-
-def finish_region(job: RegionJob, level: int, row: int, col: int, chunks: Pixels) -> Pixels | None:
-    """Write the region, then hand its quarters to the parent (or, at the root, write the rest).
-
-    The encoded region is stored on a second thread while this one downsamples: the write (a
-    copy into the page cache, or a PUT) overlaps the 2x2 means instead of adding to them.
-    """
-    with (
-        _encoded_region(job, level, row, col, chunks) as objects,
-        ThreadPoolExecutor(1, thread_name_prefix="mira-wsi-put") as writer,
-    ):
-        stored = writer.submit(put_objects, job.target.zarr_store(job.pyramid_key), objects)
-        quarters = downsample_region(job, level, row, col, chunks)
-        stored.result()
-    return quarters
-
-
-def downsample_region(
-    job: RegionJob, level: int, row: int, col: int, chunks: Pixels
-) -> Pixels | None:
-    """The region's quarters for its parent; at the root, every smaller level written instead."""
-    plan = job.plan
-    _, _, height, width = plan.region(level, row, col)
-    if level < plan.top:
-        down, across, samples, size = chunks.shape[:4]
-        out = BUFFERS.take("quarters", (down, across, samples, size // 2, size // 2), chunks.dtype)
-        return downsample_mean(chunks, height, width, out)
-    for lower in range(level + 1, plan.levels):  # the root: each smaller level is one shard
-        quarters = downsample_mean(chunks, height, width)
-        chunks = assemble_quarters(plan, lower, 0, 0, [(0, 0, quarters)])
-        write_region(job, lower, 0, 0, chunks)
-        height, width = plan.shapes[lower]
-    return None
-
-
-def write_region(job: RegionJob, level: int, row: int, col: int, chunks: Pixels) -> None:
-    """Store one region: a single whole-shard object (v3), or its chunk objects (v2)."""
-    with _encoded_region(job, level, row, col, chunks) as objects:
-        put_objects(job.target.zarr_store(job.pyramid_key), objects)
-
-
-@contextmanager
-def _encoded_region(
-    job: RegionJob, level: int, row: int, col: int, chunks: Pixels
-) -> Iterator[dict[str, bytes | Pixels]]:
-    """One region's objects, keyed relative to the pyramid: its whole shard (v3), encoded into a
-    reused buffer that is valid inside the block, or its chunk objects (v2)."""
-    if job.version == "0.5":
-        (key,) = region_keys(job.plan, job.version, level, row, col)
-        if job.codec.name == "zstd" and job.threads <= 1:
-            with BUFFERS.borrow("shard", (shard_bound(chunks, job.plan),), np.uint8) as scratch:
-                yield {key: encode_shard(chunks, job.plan, job.codec, out=scratch)}
-            return
-        with _pool(job.threads) as pool:
-            yield {key: encode_shard(chunks, job.plan, job.codec, pool)}
-        return
-    with _pool(job.threads) as pool:
-        encoded = encode_chunk_objects(chunks, job.codec, pool)
-    per_side = job.plan.shard // job.plan.chunk
-    first_y, first_x = row * per_side, col * per_side
-    yield {f"{level}/0/{first_y + cy}/{first_x + cx}": data for (cy, cx), data in encoded.items()}
 
 
 @contextmanager

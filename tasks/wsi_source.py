@@ -197,6 +197,7 @@ class RegionReader:
         self._decode = segment_decoder(page, self.geometry)
         g = self.geometry
         self._segments_across = math.ceil(g.width / g.segment_width)
+        self._kept: dict[int, Pixels] = {}  # decoded segments a later window still needs
 
     def chunks_shape(self, height: int, width: int, chunk: int) -> tuple[int, ...]:
         """The shape ``read_chunks`` returns for a region of ``height x width``."""
@@ -211,15 +212,21 @@ class RegionReader:
         chunk: int,
         pool: Executor | None = None,
         out: Pixels | None = None,
+        keep_within: tuple[int, int, int, int] | None = None,
     ) -> Pixels:
         """Pixels ``[y0:y0+height, x0:x0+width]`` as zero-padded chunks of ``chunk`` px, in
         ``out`` when given (of ``chunks_shape`` and the slide's dtype; any contents).
 
         Segments are read in file order (few, large reads) and decoded on ``pool`` if given.
+        ``keep_within`` (``y0, x0, y1, x1``) announces that windows in raster order will cover
+        that area: a segment reaching past this window's right or bottom edge, inside it, is
+        kept decoded for them and dropped once used up, so each segment is decoded once.
         """
         g = self.geometry
         shape = self.chunks_shape(height, width, chunk)
-        indices = self._segments_in(y0, x0, height, width)
+        window = (y0, x0, min(y0 + height, g.height), min(x0 + width, g.width))
+        placed = self._segments_in(y0, x0, height, width)
+        indices = [index for index in placed if index not in self._kept]
         offsets = [self._page.dataoffsets[i] for i in indices]
         counts = [self._page.databytecounts[i] for i in indices]
         # Decoded tiles cover every pixel unless the region ends inside a chunk (padding) or a
@@ -235,12 +242,18 @@ class RegionReader:
             chunks = np.empty(shape, dtype=g.dtype)
         else:
             chunks = np.zeros(shape, dtype=g.dtype)
-        window = (y0, x0, min(y0 + height, g.height), min(x0 + width, g.width))
+        for index in [index for index in placed if index in self._kept]:
+            self._place(self._kept[index], index, chunks, window)
+            if not self._reaches_past(index, window, keep_within):
+                del self._kept[index]
 
         def decode_into(item: tuple[bytes | None, int]) -> None:
             data, index = item
             if data:  # a missing segment stays 0, as tifffile fills it
-                self._place(self._decode(data, index), index, chunks, window)
+                segment = self._decode(data, index)
+                self._place(segment, index, chunks, window)
+                if self._reaches_past(index, window, keep_within):
+                    self._kept[index] = segment.copy()  # the decoder reuses its buffer
 
         segments = cast(
             Iterator[tuple[bytes | None, int]],
@@ -249,6 +262,22 @@ class RegionReader:
         for _ in pool.map(decode_into, segments) if pool else map(decode_into, segments):
             pass
         return chunks
+
+    def _reaches_past(
+        self,
+        index: int,
+        window: tuple[int, int, int, int],
+        within: tuple[int, int, int, int] | None,
+    ) -> bool:
+        """Whether segment ``index`` has pixels inside ``within`` right of or below ``window``."""
+        if within is None:
+            return False
+        g = self.geometry
+        top = (index // self._segments_across) * g.segment_height
+        left = (index % self._segments_across) * g.segment_width
+        bottom = min(top + g.segment_height, within[2], g.height)
+        right = min(left + g.segment_width, within[3], g.width)
+        return bottom > window[2] or right > window[3]
 
     def _segments_in(self, y0: int, x0: int, height: int, width: int) -> list[int]:
         g = self.geometry

@@ -19,6 +19,7 @@ from tasks.wsi_pyramid import (
     BufferPool,
     ChunkCodec,
     PyramidPlan,
+    assemble_chunk,
     assemble_quarters,
     chunks_from_planar,
     downsample_mean,
@@ -231,3 +232,20 @@ def test_assembling_into_a_dirty_buffer_equals_a_fresh_one(side: int) -> None:
     dirty = np.full(fresh.shape, 255, np.uint8)
     assert assemble_quarters(plan, 2, 0, 0, children, out=dirty) is dirty
     assert np.array_equal(dirty, fresh)
+
+
+@pytest.mark.parametrize("side", [256, 200])
+def test_chunk_by_chunk_assembly_equals_the_whole_region(side: int) -> None:
+    plan = PyramidPlan.for_slide(2 * side, 2 * side, 3, "uint8", 32, 128, 16)
+    rng = np.random.default_rng(side)
+    children = {}
+    for r, c in plan.children(2, 0, 0):
+        _, _, h, w = plan.region(1, r, c)
+        chunks = chunks_from_planar(rng.integers(0, 256, (3, h, w), dtype=np.uint8), 32)
+        children[r, c] = downsample_mean(chunks, h, w)
+    whole = assemble_quarters(plan, 2, 0, 0, [(r, c, q) for (r, c), q in children.items()])
+    chunk = np.full((3, 32, 32), 255, np.uint8)
+    for cy in range(whole.shape[0]):
+        for cx in range(whole.shape[1]):
+            assemble_chunk(plan, 2, 0, 0, children, cy, cx, chunk)
+            assert np.array_equal(chunk, whole[cy, cx])

@@ -160,3 +160,28 @@ def test_fetch_fixtures_does_nothing_when_the_slide_is_there(
     monkeypatch.setattr(fetch_fixtures.subprocess, "run", no_network)
     assert fetch_fixtures.fetch_slide(tmp_path) == tmp_path / "cmu_small_region.svs"
     assert (tmp_path / "cmu_small_region.svs").read_bytes() == b"already fetched"
+
+
+@pytest.mark.parametrize("layout", ["svs-jpeg", "bigtiff-zstd"])
+def test_windows_in_raster_order_decode_each_segment_once(slide_dir: Path, layout: str) -> None:
+    """Chunks of 96 px over tiles of 128 px: most tiles straddle two or four chunks."""
+    with open_slide(open_store(slide_dir), f"{layout}.tiff") as tif:
+        page = full_resolution_page(tif)
+        reader = RegionReader(tif, page)
+        decoded: list[int] = []
+        decode = reader._decode
+        reader._decode = lambda data, index: decoded.append(index) or decode(data, index)
+        y0, x0, height, width = 30, 50, 400, 500  # not aligned to tiles or chunks
+        bounds = (y0, x0, y0 + height, x0 + width)
+        whole = reader.read_chunks(y0, x0, height, width, 96)
+        decoded.clear()
+        chunk = np.empty((1, 1, 3, 96, 96), whole.dtype)
+        for cy in range(whole.shape[0]):
+            for cx in range(whole.shape[1]):
+                top, left = y0 + cy * 96, x0 + cx * 96
+                h, w = min(96, y0 + height - top), min(96, x0 + width - left)
+                reader.read_chunks(top, left, h, w, 96, out=chunk, keep_within=bounds)
+                assert np.array_equal(chunk[0, 0], whole[cy, cx])
+        assert sorted(decoded) == sorted(set(decoded)), "no segment decoded twice"
+        assert set(decoded) == set(reader._segments_in(y0, x0, height, width))
+        assert not reader._kept, "every kept segment was used up and dropped"
