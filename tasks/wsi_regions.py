@@ -14,7 +14,9 @@ is a single region, in the calling process.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -112,7 +114,12 @@ def plan_region_tasks(
 
 
 def run_region_task(job: RegionJob, task: RegionTask, *quarters: Pixels) -> Pixels | None:
-    """Produce one region; returns its quarters for the parent, None at the root."""
+    """Produce one region; returns its quarters for the parent, None at the root.
+
+    The root runs last, once every other region of the slide is done: it uses every core.
+    """
+    if task.level == job.plan.top and task.kind != "reload":
+        job = dataclasses.replace(job, threads=max(job.threads, os.cpu_count() or 1))
     if task.kind == "source":
         return convert_source_region(job, task.row, task.col)
     if task.kind == "reload":
@@ -141,6 +148,8 @@ def convert_source_region(job: RegionJob, row: int, col: int) -> Pixels | None:
     size = plan.chunk
     with open_slide(job.source, job.source_key) as tif:
         page = full_resolution_page(tif)
+        if job.threads > 1:  # bands read concurrently: each seek-and-read must be one step
+            tif.filehandle.set_lock(True)
 
         def band_fill(rows: range) -> ChunkFill:
             # A reader per band keeps each segment it decoded until the band's later chunks
