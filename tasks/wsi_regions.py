@@ -28,7 +28,7 @@ import zarr
 from numpy.typing import NDArray
 
 from storage import Store, join_key
-from tasks.wsi_ngff import NgffVersion, put_objects, region_keys
+from tasks.wsi_ngff import NgffVersion, region_keys, store_objects
 from tasks.wsi_pyramid import (
     BUFFERS,
     ChunkCodec,
@@ -221,7 +221,7 @@ def stream_region(
         with _pool(len(bands)) as pool:
             for _ in pool.map(run_band, bands) if pool else map(run_band, bands):
                 pass
-        put_objects(job.target.zarr_store(job.pyramid_key), _objects(job, level, row, col, encoder))
+        store_objects(job.target, job.pyramid_key, _objects(job, level, row, col, encoder))
     if level < plan.top:
         return quarters
     write_levels_below_root(job, quarters)
@@ -246,7 +246,7 @@ def write_levels_below_root(job: RegionJob, quarters: Pixels) -> None:
         for cy in range(chunks.shape[0]):
             for cx in range(chunks.shape[1]):
                 encoder.add(cy, cx, chunks[cy, cx])
-        put_objects(job.target.zarr_store(job.pyramid_key), _objects(job, lower, 0, 0, encoder))
+        store_objects(job.target, job.pyramid_key, _objects(job, lower, 0, 0, encoder))
         if lower + 1 < plan.levels:
             quarters = downsample_mean(chunks, *plan.shapes[lower])
 
