@@ -240,15 +240,22 @@ def write_levels_below_root(job: RegionJob, quarters: Pixels) -> None:
     """The root region's quarters make the next level, and so on: each smaller level is one
     shard, written whole."""
     plan = job.plan
-    for lower in range(plan.top + 1, plan.levels):
-        chunks = assemble_quarters(plan, lower, 0, 0, [(0, 0, quarters)])
-        encoder = RegionEncoder(plan, job.codec)
-        for cy in range(chunks.shape[0]):
-            for cx in range(chunks.shape[1]):
-                encoder.add(cy, cx, chunks[cy, cx])
-        store_objects(job.target, job.pyramid_key, _objects(job, lower, 0, 0, encoder))
-        if lower + 1 < plan.levels:
-            quarters = downsample_mean(chunks, *plan.shapes[lower])
+    with _pool(job.threads) as pool:
+        for lower in range(plan.top + 1, plan.levels):
+            chunks = assemble_quarters(plan, lower, 0, 0, [(0, 0, quarters)])
+            encoder = RegionEncoder(plan, job.codec)
+            positions = [(cy, cx) for cy in range(chunks.shape[0]) for cx in range(chunks.shape[1])]
+
+            def add(
+                at: tuple[int, int], chunks: Pixels = chunks, encoder: RegionEncoder = encoder
+            ) -> None:
+                encoder.add(at[0], at[1], chunks[at])
+
+            for _ in pool.map(add, positions) if pool else map(add, positions):
+                pass
+            store_objects(job.target, job.pyramid_key, _objects(job, lower, 0, 0, encoder))
+            if lower + 1 < plan.levels:
+                quarters = downsample_mean(chunks, *plan.shapes[lower])
 
 
 def _objects(
