@@ -24,7 +24,11 @@ class ConvertParams(BaseModel):
     )
     chunk: int = Field(512, ge=64, description="Chunk side in pixels (every channel in a chunk).")
     shard: int = Field(4096, ge=64, description="Shard side in pixels (a multiple of the chunk).")
-    codec: str = Field("zstd", description="Lossless codec: zstd, blosc-zstd, lz4, gzip or none.")
+    codec: str = Field(
+        "zstd",
+        description="Lossless codec: zstd, blosc-zstd, lz4, gzip or none; or jpeg: level 0 keeps "
+        "the slides' own JPEG tiles (passthrough, NGFF 0.5), the other levels zstd.",
+    )
 
 
 @task(name="convert-pending-slides", **RETRY_POLICY)

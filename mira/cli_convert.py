@@ -22,16 +22,24 @@ def convert(
     chunk: Annotated[int, typer.Option(min=64, help="Chunk side in pixels.")] = 512,
     shard: Annotated[int, typer.Option(min=64, help="Shard side in pixels (NGFF 0.5).")] = 4096,
     codec: Annotated[
-        str, typer.Option(help="zstd, blosc-zstd, lz4, blosc-lz4, gzip or none.")
+        str,
+        typer.Option(
+            help="Lossless: zstd, blosc-zstd, lz4, blosc-lz4, gzip or none. jpeg: level 0 keeps "
+            "the slide's own JPEG tiles, copied without decoding (chunks = tiles; NGFF 0.5; "
+            "read with the imagecodecs_jpeg Zarr codec); the other levels are zstd."
+        ),
     ] = "zstd",
-    workers: Annotated[int, typer.Option(min=0, help="LocalCluster workers; 0: one per core.")] = 0,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Threads of the local Dask cluster; 0: one per core.")
+    ] = 0,
 ) -> None:
     """Convert SLIDE into a lossless, sharded OME-Zarr multiscale pyramid at OUTPUT.
 
     Level 0 equals the slide's decoded level 0 pixel for pixel; each further level is the
     2x2 mean of the one above until the longest side is at most 1024 px. The work runs on
     Dask (MIRA_DASK_ADDRESS, else a LocalCluster); the pyramid appears only when complete,
-    and a pyramid already made from the same slide content is left as it is.
+    and a pyramid already made from the same slide content with the same options is left as
+    it is. With --codec jpeg, level 0 is the scanner's JPEG tiles, as scanned.
     """
     from storage import open_store
     from tasks.wsi import ConvertOptions, convert_slide
@@ -60,7 +68,10 @@ def convert(
             progress=progress,
         )
     if result.skipped:
-        out.print(f"{output} is already current (made from the same slide content); nothing to do")
+        out.print(
+            f"{output} is already current (made from the same slide content with the same "
+            "options); nothing to do"
+        )
         return
     mb_raw = result.bytes_raw / 1e6
     out.print(

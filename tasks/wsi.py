@@ -35,6 +35,7 @@ import mira
 from mira.errors import InvalidInput
 from storage import ObjectInfo, Store, join_key
 from tasks.cluster import dask_client
+from tasks.wsi_jpeg import level0_codecs
 from tasks.wsi_ngff import (
     LAYOUT_VERSION,
     create_level_arrays,
@@ -86,7 +87,9 @@ class ConvertOptions:
     ngff_version: Literal["0.5", "0.4"] = "0.5"
     chunk: int = 512  # chunk side in px; a chunk holds every channel: (c, chunk, chunk)
     shard: int = 4096  # shard side in px per level, a multiple of chunk (0.5 only)
-    codec: str = "zstd"  # zstd, blosc-zstd, blosc-lz4 (alias lz4), gzip, none: all lossless
+    # zstd, blosc-zstd, blosc-lz4 (alias lz4), gzip, none: all lossless; jpeg: level 0 keeps
+    # the slide's own JPEG tiles (passthrough, chunks = tiles), the other levels are zstd.
+    codec: str = "zstd"
     codec_level: int = 1
     min_level_side: int = 1024  # add levels until the longest side is at most this
     dask_address: str = ""  # an existing scheduler; empty: a LocalCluster for the call
@@ -98,8 +101,14 @@ class ConvertOptions:
         del fields["dask_address"], fields["workers"]
         return fields
 
+    @property
+    def passthrough(self) -> bool:
+        """Level 0 as the slide's JPEG tiles, copied (``codec="jpeg"``)."""
+        return self.codec == "jpeg"
+
     def chunk_codec(self) -> ChunkCodec:
-        return ChunkCodec(self.codec, self.codec_level)
+        """The codec chunks are encoded with (every level above 0 with passthrough)."""
+        return ChunkCodec("zstd" if self.passthrough else self.codec, self.codec_level)
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,8 @@ def convert_slide(
     progress: Progress | None = None,
     source_sha256: str | None = None,
 ) -> ConversionResult:
-    """Convert one slide unless its pyramid is already current (made from the same content).
+    """Convert one slide unless its pyramid is already current (made from the same content with
+    the same output options).
 
     ``source_sha256`` spares hashing the source when the caller knows it (the catalog does).
     ``progress(done, total)`` is called after each region task.
@@ -141,7 +151,7 @@ def convert_slide(
     info = source.info(source_key)
     record = read_completion_record(target, pyramid_key)
     sha = _current_sha(source, source_key, info, record, source_sha256)
-    if record is not None and sha is not None and record["source_sha256"] == sha:
+    if record is not None and _is_current(record, sha, options):
         log.info("%s is current, skipped", target.url_of(pyramid_key))
         return _skipped(source_key, pyramid_key, record, started)
     work = _describe(source, source_key, info, sha, target, pyramid_key, options, started)
@@ -164,7 +174,7 @@ def convert_pending_slides(research: Store, options: ConvertOptions) -> list[Con
         pyramid_key = pyramid_key_for(info.key)
         record = read_completion_record(research, pyramid_key)
         sha = _current_sha(research, info.key, info, record, None)
-        if record is not None and sha is not None and record["source_sha256"] == sha:
+        if record is not None and _is_current(record, sha, options):
             results.append(_skipped(info.key, pyramid_key, record, started))
         else:
             work = _describe(research, info.key, info, sha, research, pyramid_key, options, started)
@@ -192,6 +202,7 @@ class _Work:
     plan: PyramidPlan
     slide: SlideMetadata
     started: float
+    level0_codecs: list[Any] | None = None  # passthrough: level 0's transpose + JPEG codecs
 
 
 @contextlib.contextmanager
@@ -253,6 +264,15 @@ def _current_sha(
     return source.sha256(key)
 
 
+def _is_current(record: dict[str, Any], sha: str | None, options: ConvertOptions) -> bool:
+    """Whether the published pyramid was made from the same content with the same options."""
+    return (
+        sha is not None
+        and record["source_sha256"] == sha
+        and record.get("options") == options.settings()
+    )
+
+
 def _source_identity(work: _Work) -> str:
     """What a run fingerprint names the source by: its size and etag (any rewrite changes the
     etag: S3 ETags follow the content, local ones the modification time), else its hash."""
@@ -294,11 +314,14 @@ def _convert(
         options.chunk_codec(),
         options.ngff_version,
         threads,
+        passthrough=options.passthrough,
     )
     with ThreadPoolExecutor(1, thread_name_prefix="mira-wsi-sha256") as hasher:
         hashing = hasher.submit(work.source.sha256, work.source_key) if not work.sha256 else None
         fingerprint = run_fingerprint(_source_identity(work), options.settings())
-        tasks = plan_region_tasks(plan, job.version, _prepare_target(job, fingerprint))
+        tasks = plan_region_tasks(
+            plan, job.version, _prepare_target(job, fingerprint, work.level0_codecs)
+        )
         if client is None:
             for count, _ in enumerate(run_tasks_here(job, tasks), start=1):
                 if progress is not None:
@@ -357,20 +380,28 @@ def _describe(
     if options.ngff_version not in ("0.5", "0.4"):
         raise InvalidInput(f"unsupported NGFF version {options.ngff_version!r}: use 0.5 or 0.4")
     options.chunk_codec()  # an unknown codec fails here, before any work
+    if options.passthrough and options.ngff_version != "0.5":
+        raise InvalidInput("--codec jpeg needs NGFF 0.5 (Zarr v3 has the transpose codec)")
+    chunk, shard = options.chunk, options.shard
+    level0: list[Any] | None = None
     with open_slide(source, source_key) as tif:
         page = full_resolution_page(tif)
         geometry = slide_geometry(page)
         slide = slide_metadata(tif, page)
+        if options.passthrough:  # a chunk is a tile; a shard, whole tiles
+            level0 = level0_codecs(page)
+            chunk = geometry.segment_width
+            shard = chunk * max(1, options.shard // chunk)
     plan = PyramidPlan.for_slide(
         geometry.height,
         geometry.width,
         geometry.samples,
         geometry.dtype,
-        options.chunk,
-        options.shard,
+        chunk,
+        shard,
         options.min_level_side,
     )
-    return _Work(source, source_key, info, sha, target, pyramid_key, plan, slide, started)
+    return _Work(source, source_key, info, sha, target, pyramid_key, plan, slide, started, level0)
 
 
 def _bytes_raw(plan: PyramidPlan) -> int:
@@ -378,7 +409,9 @@ def _bytes_raw(plan: PyramidPlan) -> int:
     return c * h * w * np.dtype(plan.dtype).itemsize
 
 
-def _prepare_target(job: RegionJob, fingerprint: str) -> set[str]:
+def _prepare_target(
+    job: RegionJob, fingerprint: str, level0_codecs: list[Any] | None = None
+) -> set[str]:
     """Keep the partial output of an interrupted run with the same fingerprint; wipe any other.
 
     Returns the keys (relative to the pyramid) already written.
@@ -398,7 +431,9 @@ def _prepare_target(job: RegionJob, fingerprint: str) -> set[str]:
         target.delete(join_key(prefix, key))
     if keys:
         log.info("removed %d stale objects of %s", len(keys), target.url_of(prefix))
-    create_level_arrays(target, prefix, job.plan, job.codec, job.version, fingerprint)
+    create_level_arrays(
+        target, prefix, job.plan, job.codec, job.version, fingerprint, level0_codecs
+    )
     return set()
 
 

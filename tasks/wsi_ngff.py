@@ -78,8 +78,10 @@ def create_level_arrays(
     codec: ChunkCodec,
     version: NgffVersion,
     fingerprint: str,
+    level0_codecs: list[Any] | None = None,
 ) -> None:
-    """Write every level's array metadata (no data, no root group yet)."""
+    """Write every level's array metadata (no data, no root group yet). ``level0_codecs``
+    (array-to-array filters, then the serializer) replace level 0's codecs: JPEG passthrough."""
     for level in range(plan.levels):
         # A store rooted at the level, so zarr does not write an implicit root group.
         store = target.zarr_store(join_key(pyramid_key, str(level)))
@@ -97,6 +99,9 @@ def create_level_arrays(
             kwargs["shards"] = (plan.samples, plan.shard, plan.shard)
             kwargs["compressors"] = [compressor] if compressor is not None else None
             kwargs["dimension_names"] = AXES
+            if level == 0 and level0_codecs:
+                *kwargs["filters"], kwargs["serializer"] = level0_codecs
+                kwargs["compressors"] = None
         else:
             kwargs["compressors"] = codec.numcodec()
             kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}

@@ -424,6 +424,14 @@ class RegionEncoder:
         self._placed[cy, cx] = (self._offset, written)
         self._offset += written
 
+    def add_encoded(self, cy: int, cx: int, data: bytes) -> None:
+        """Store bytes already in the array's codec (a copied JPEG tile) at ``(cy, cx)``; empty
+        bytes leave the chunk absent (it reads as the fill value, 0)."""
+        if self._out is not None:
+            raise ValueError("RegionEncoder with an out buffer only encodes")
+        if data:
+            self._pieces[cy, cx] = data
+
     def shard(self) -> NDArray[np.uint8]:
         per_side = self._plan.shard // self._plan.chunk
         tail = per_side * per_side * 16 + 4

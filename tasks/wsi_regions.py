@@ -62,6 +62,7 @@ class RegionJob:
     codec: ChunkCodec
     version: NgffVersion
     threads: int = 1
+    passthrough: bool = False  # level 0 stores the source's JPEG tiles as they are
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,8 @@ def run_tasks_here(job: RegionJob, tasks: list[RegionTask]) -> Iterator[int]:
         yield index
 
 
-ChunkFill = Callable[[int, int, Pixels], None]  # (cy, cx, chunk out) -> None
+# (cy, cx, chunk out) -> None, or the chunk's stored bytes when they are copied (passthrough)
+ChunkFill = Callable[[int, int, Pixels], bytes | None]
 FillMaker = Callable[[range], ChunkFill]  # a band of chunk rows -> its fill, used in raster order
 
 
@@ -158,10 +160,13 @@ def convert_source_region(job: RegionJob, row: int, col: int) -> Pixels | None:
             top, bottom = y0 + rows.start * size, min(y0 + rows.stop * size, y0 + height)
             band = (top, x0, bottom, x0 + width)
 
-            def fill(cy: int, cx: int, chunk: Pixels) -> None:
+            def fill(cy: int, cx: int, chunk: Pixels) -> bytes | None:
                 y, x = y0 + cy * size, x0 + cx * size
                 h, w = min(size, y0 + height - y), min(size, x0 + width - x)
+                if job.passthrough:  # a chunk is a tile: keep its bytes, decode for the means
+                    return reader.read_tile(y, x, h, w, out=chunk)
                 reader.read_chunks(y, x, h, w, size, out=chunk, keep_within=band)
+                return None
 
             return fill
 
@@ -176,6 +181,7 @@ def combine_regions(
 
     def fill(cy: int, cx: int, chunk: Pixels) -> None:
         assemble_chunk(job.plan, level, row, col, children, cy, cx, chunk[0, 0])
+        return None
 
     result = stream_region(job, level, row, col, lambda rows: fill)
     for quarter in quarters:  # nothing reads them again
@@ -199,7 +205,8 @@ def stream_region(
     half = size // 2
     quarters = BUFFERS.take("quarters", (down, across, samples, half, half), plan.dtype)
     bands = _bands(down, job.threads)
-    direct = job.codec.name == "zstd" and job.version == "0.5" and len(bands) == 1
+    copied = job.passthrough and level == 0
+    direct = job.codec.name == "zstd" and job.version == "0.5" and len(bands) == 1 and not copied
     chunk_bytes = samples * size * size * np.dtype(plan.dtype).itemsize
     with contextlib.ExitStack() as stack:
         out = None
@@ -213,8 +220,11 @@ def stream_region(
             with BUFFERS.borrow("chunk", (1, 1, samples, size, size), plan.dtype) as chunk:
                 for cy in rows:
                     for cx in range(across):
-                        fill(cy, cx, chunk)
-                        encoder.add(cy, cx, chunk[0, 0])  # before the mean touches the padding
+                        stored = fill(cy, cx, chunk)
+                        if stored is None:  # before the mean touches the padding
+                            encoder.add(cy, cx, chunk[0, 0])
+                        else:
+                            encoder.add_encoded(cy, cx, stored)
                         h, w = min(size, height - cy * size), min(size, width - cx * size)
                         downsample_mean(chunk, h, w, quarters[cy : cy + 1, cx : cx + 1])
 

@@ -263,6 +263,28 @@ class RegionReader:
             pass
         return chunks
 
+    def read_tile(self, y0: int, x0: int, height: int, width: int, out: Pixels) -> bytes:
+        """The stored bytes of the one segment (tile) at ``(y0, x0)``, and its pixels inside
+        ``height x width`` decoded into ``out`` (``(1, 1, samples, tile, tile)``, zero-padded).
+
+        Empty bytes for a missing tile (its pixels are 0). For passthrough: chunks are tiles.
+        """
+        g = self.geometry
+        if y0 % g.segment_height or x0 % g.segment_width or out.shape[-1] != g.segment_width:
+            raise ValueError(f"read_tile: ({y0}, {x0}) is not one {g.segment_width} px tile")
+        index = (y0 // g.segment_height) * self._segments_across + x0 // g.segment_width
+        offset, count = self._page.dataoffsets[index], self._page.databytecounts[index]
+        data: bytes | None = None
+        if count:
+            segments = self._tif.filehandle.read_segments([offset], [count], [index])
+            data = cast(tuple[bytes | None, int], next(iter(segments)))[0]
+        if not data or height < out.shape[-2] or width < out.shape[-1]:
+            out.fill(0)
+        if data:
+            window = (y0, x0, min(y0 + height, g.height), min(x0 + width, g.width))
+            self._place(self._decode(data, index), index, out, window)
+        return bytes(data or b"")
+
     def _reaches_past(
         self,
         index: int,
