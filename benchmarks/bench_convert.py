@@ -14,6 +14,9 @@ CPU = user + system of the tree during the timed part):
   threads in the process when the slide has more than one region, which is timed).
 - ``mira-warm``: ``convert_slide`` on an already running cluster (``dask_address``), as the
   ``convert_slides`` flow and ``convert_pending_slides`` use it for a batch.
+- ``mira-jpeg``: ``mira`` with ``--codec jpeg``: level 0 keeps the slide's JPEG tiles (copied,
+  not re-encoded), the levels above are zstd. Not comparable with the floor's work: it shows
+  what passthrough buys.
 - ``ome-zarr``: ome-zarr-py's ``write_image`` of a dask array over tifffile's zarr store, with
   the same levels, chunks, shards, zstd level and a 2x2 local mean, on ``--workers`` threads.
 
@@ -44,7 +47,7 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).parent / "results"
-CASES = ("floor", "mira", "mira-warm", "ome-zarr")
+CASES = ("floor", "mira", "mira-warm", "mira-jpeg", "ome-zarr")
 DEFAULT_OUTPUT = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
 TARGETS = {"mira_warm_vs_floor": 0.6, "mira_vs_ome_zarr": 3.0, "peak_rss_mb_per_gb": 1500}
 log = logging.getLogger("bench_convert")
@@ -93,12 +96,14 @@ def floor_case(slide: Path, workers: int) -> dict[str, Any]:
     return {"seconds": seconds, "cpu_seconds": tree_cpu_seconds() - cpu, "bytes_raw": raw}
 
 
-def mira_case(slide: Path, out: Path, workers: int, warm: bool) -> dict[str, Any]:
+def mira_case(
+    slide: Path, out: Path, workers: int, warm: bool, codec: str = "zstd"
+) -> dict[str, Any]:
     from storage import open_store
     from tasks.wsi import ConvertOptions, conversion_cluster, convert_slide
 
     source, target = open_store(slide.parent), open_store(out)
-    options = ConvertOptions(workers=workers)
+    options = ConvertOptions(workers=workers, codec=codec)
     if not warm:
         cpu, started = tree_cpu_seconds(), time.perf_counter()
         result = convert_slide(source, slide.name, target, "p.ome.zarr", options)
@@ -161,9 +166,12 @@ def run_case(case: str, slide: Path, workers: int, output: Path | None) -> dict[
     try:
         if case == "floor":
             return floor_case(slide, workers)
-        if case in ("mira", "mira-warm"):
-            return mira_case(slide, out, workers, warm=case == "mira-warm")
-        return ome_zarr_case(slide, out, workers)
+        if case in ("mira", "mira-warm", "mira-jpeg"):
+            codec = "jpeg" if case == "mira-jpeg" else "zstd"
+            result = mira_case(slide, out, workers, warm=case == "mira-warm", codec=codec)
+        else:
+            result = ome_zarr_case(slide, out, workers)
+        return {**result, "bytes_out": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -210,6 +218,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "peak_tree_rss_mb": max(run["peak_tree_rss_mb"] for run in runs),
         "peak_process_rss_mb": max(run["peak_process_rss_mb"] for run in runs),
         "bytes_raw": best["bytes_raw"],
+        "bytes_out": best.get("bytes_out", 0),
         "runs": runs,
     }
 
@@ -229,10 +238,12 @@ def bench_slide(
     ratios = {
         "mira_vs_floor": rate["mira"] / rate["floor"],
         "mira_warm_vs_floor": rate["mira-warm"] / rate["floor"],
+        "mira_jpeg_vs_floor": rate["mira-jpeg"] / rate["floor"],
     }
     if "ome-zarr" in rate:
         ratios["mira_vs_ome_zarr"] = rate["mira"] / rate["ome-zarr"]
         ratios["mira_warm_vs_ome_zarr"] = rate["mira-warm"] / rate["ome-zarr"]
+        ratios["mira_jpeg_vs_ome_zarr"] = rate["mira-jpeg"] / rate["ome-zarr"]
     return {
         "slide": slide.name,
         "bytes_raw": cases["floor"]["bytes_raw"],
@@ -255,6 +266,7 @@ def report(results: list[dict[str, Any]], workers: int, output: str) -> None:
         "CPU s",
         "peak RSS tree MB",
         "max proc MB",
+        "output MB",
     ):
         table.add_column(column, justify="left" if column in ("slide", "case") else "right")
     for result in results:
@@ -269,8 +281,9 @@ def report(results: list[dict[str, Any]], workers: int, output: str) -> None:
                 f"{s['cpu_seconds']:.1f}",
                 f"{s['peak_tree_rss_mb']:,.0f}",
                 f"{s['peak_process_rss_mb']:,.0f}",
+                f"{s['bytes_out'] / 1e6:,.0f}" if s["bytes_out"] else "-",
             )
-    console = Console(width=150)
+    console = Console(width=160)
     console.print(table)
     for result in results:
         ratios = ", ".join(f"{name} = {value:.2f}" for name, value in result["ratios"].items())
