@@ -19,7 +19,7 @@ app = typer.Typer(
     help="mira: turn raw imaging uploads into de-identified, versioned training datasets.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

@@ -59,7 +59,7 @@ def split(
     Existing patients never move; new ones are placed by a keyed hash of
     (seed, patient), balanced per stratum. The assignment is the catalog table
     "splits"; the balance report is printed and stored in
-    splits/<name>/balance.json.
+    `splits/<name>/balance.json`.
     """
     from tasks.split import SplitRatios, split_dataset
 
@@ -241,8 +241,8 @@ def export(
 ) -> None:
     """Write, per split, what a training job needs to read the objects.
 
-    One <split>.jsonl per split (URL, version id and SHA-256 of each object)
-    plus index.json; read them with tasks.snapshot_reader.iter_export, which
+    One `<split>.jsonl` per split (URL, version id and SHA-256 of each object)
+    plus `index.json`; read them with `tasks.snapshot_reader.iter_export`, which
     checks every hash as it reads.
     """
     from tasks.snapshot import export_snapshot
