@@ -8,6 +8,7 @@ level 0 and at 4x downsampling (mira's level 2, the SVS's own level 1):
 
 - mira pyramid through zarr-python (one shard index + one chunk range read per chunk touched),
   from S3 and from local disk;
+- the same with ``--codec jpeg`` (level 0 is the scanner's JPEG tiles, decoded per chunk);
 - the source SVS through tifffile's zarr store (decoding the JPEG tiles touched), from local disk
   and streamed from S3 (``Store.open_read``: s3fs with read-ahead blocks).
 
@@ -99,6 +100,12 @@ def measure_all(s3: Store, local: Store, tiles: int, threads: int) -> dict[str, 
                 f"{n} thread{'s' * (n > 1)}": tiles_per_second(read, shape, tiles, n)
                 for n in (1, threads)
             }
+            if level == 0:  # passthrough differs from the default at level 0 only
+                read, shape = mira_reader(store, "pyramids/s-jpeg.ome.zarr", 0)
+                rates[f"mira zarr --codec jpeg, {source_name}, {label}"] = {
+                    f"{n} thread{'s' * (n > 1)}": tiles_per_second(read, shape, tiles, n)
+                    for n in (1, threads)
+                }
             with svs_reader(store, "slides/s.tiff", svs_level) as (svs_read, svs_shape):
                 rates[f"SVS tifffile, {source_name}, {label}"] = {
                     f"{n} thread{'s' * (n > 1)}": tiles_per_second(svs_read, svs_shape, tiles, n)
@@ -129,14 +136,18 @@ def main() -> None:
                 store.write_stream("slides/s.tiff", stream)
         conversions = {}
         for name, store in (("S3", s3), ("local disk", local)):
-            result = convert_slide(
-                store, "slides/s.tiff", store, "pyramids/s.ome.zarr", ConvertOptions()
-            )
-            conversions[name] = {
-                "seconds": result.seconds,
-                "mb_per_s": result.bytes_raw / result.seconds / 1e6,
-            }
-            log.info("converted into %s in %.1f s", name, result.seconds)
+            for codec, key in (
+                ("zstd", "pyramids/s.ome.zarr"),
+                ("jpeg", "pyramids/s-jpeg.ome.zarr"),
+            ):
+                result = convert_slide(
+                    store, "slides/s.tiff", store, key, ConvertOptions(codec=codec)
+                )
+                conversions[f"{name}, {codec}"] = {
+                    "seconds": result.seconds,
+                    "mb_per_s": result.bytes_raw / result.seconds / 1e6,
+                }
+                log.info("converted into %s (%s) in %.1f s", name, codec, result.seconds)
         objects = len(list(s3.list("pyramids/s.ome.zarr")))
         rates = measure_all(s3, local, args.tiles, args.threads)
     table = Table(title=f"random {TILE}x{TILE} RGB tiles per second, {slide.name}")

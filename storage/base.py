@@ -108,8 +108,28 @@ class Store(ABC):
         return f"{self.url.rstrip('/')}/{key.lstrip('/')}" if key else self.url
 
     @abstractmethod
-    def open_read(self, key: str, version_id: str | None = None) -> BinaryIO:
-        """A seekable binary stream of the object (or of one version of it)."""
+    def open_read(
+        self, key: str, version_id: str | None = None, *, block_size: int | None = None
+    ) -> BinaryIO:
+        """A seekable binary stream of the object (or of one version of it).
+
+        ``block_size`` is how much a remote stream fetches ahead at a time: large for reading
+        through, small for a few scattered reads (a file's metadata); local files ignore it.
+        """
+
+    def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each ``(offset, size)`` range of the object, in the order given.
+
+        Backends override this to fetch every range in one round (S3: concurrent range GETs)
+        instead of reading through a stream's read-ahead, which fetches far more than asked for
+        when the ranges are scattered.
+        """
+        with self.open_read(key) as stream:
+            parts = []
+            for offset, size in ranges:
+                stream.seek(offset)
+                parts.append(stream.read(size))
+            return parts
 
     def read_bytes(self, key: str, version_id: str | None = None) -> bytes:
         """The whole object in memory; use ``open_read`` for large objects."""

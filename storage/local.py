@@ -51,7 +51,9 @@ class LocalStore(Store):
     def local_path(self, key: str) -> str:
         return str(self._path(key))
 
-    def open_read(self, key: str, version_id: str | None = None) -> BinaryIO:
+    def open_read(
+        self, key: str, version_id: str | None = None, *, block_size: int | None = None
+    ) -> BinaryIO:
         path = self._path(key)
         try:
             return path.open("rb")

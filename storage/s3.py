@@ -94,7 +94,9 @@ class S3Store(Store):
     def local_path(self, key: str) -> None:
         return None
 
-    def open_read(self, key: str, version_id: str | None = None) -> BinaryIO:
+    def open_read(
+        self, key: str, version_id: str | None = None, *, block_size: int | None = None
+    ) -> BinaryIO:
         path = f"{self.bucket}/{self._key(key)}"
 
         @with_retries
@@ -104,12 +106,32 @@ class S3Store(Store):
                     path,
                     "rb",
                     version_id=version_id,
-                    block_size=READ_BLOCK_BYTES,
+                    block_size=block_size or READ_BLOCK_BYTES,
                     cache_type="readahead",
                 )
                 return handle
 
         return open_file()
+
+    def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        wanted = [(offset, size) for offset, size in ranges if size > 0]  # S3 has no empty range
+        if not wanted:
+            return [b"" for _ in ranges]
+        path = f"{self.bucket}/{self._key(key)}"
+
+        @with_retries
+        def fetch() -> list[bytes]:
+            with translate_errors(self.url_of(key)):
+                parts = self.fs.cat_ranges(
+                    [path] * len(wanted),
+                    [offset for offset, _ in wanted],
+                    [offset + size for offset, size in wanted],
+                    on_error="raise",
+                )
+                return [bytes(part) for part in parts]
+
+        fetched = iter(fetch())
+        return [next(fetched) if size > 0 else b"" for _, size in ranges]
 
     def write_stream(
         self,

@@ -315,6 +315,7 @@ def _convert(
         options.ngff_version,
         threads,
         passthrough=options.passthrough,
+        source_etag=work.info.etag,
     )
     with ThreadPoolExecutor(1, thread_name_prefix="mira-wsi-sha256") as hasher:
         hashing = hasher.submit(work.source.sha256, work.source_key) if not work.sha256 else None

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import tifffile
 import zarr
 from numpy.typing import NDArray
 
@@ -40,7 +41,7 @@ from tasks.wsi_pyramid import (
     downsample_mean,
     region_shape,
 )
-from tasks.wsi_source import RegionReader, full_resolution_page, open_slide
+from tasks.wsi_source import RegionReader, full_resolution_page, shared_slide
 
 Pixels = NDArray[Any]
 TaskKind = Literal["source", "combine", "reload"]
@@ -63,6 +64,7 @@ class RegionJob:
     version: NgffVersion
     threads: int = 1
     passthrough: bool = False  # level 0 stores the source's JPEG tiles as they are
+    source_etag: str | None = None  # the version of the source being converted
 
 
 @dataclass(frozen=True)
@@ -148,9 +150,14 @@ def convert_source_region(job: RegionJob, row: int, col: int) -> Pixels | None:
     plan = job.plan
     y0, x0, height, width = plan.region(0, row, col)
     size = plan.chunk
-    with open_slide(job.source, job.source_key) as tif:
+
+    def fetch(ranges: list[tuple[int, int]]) -> list[bytes]:
+        return job.source.read_ranges(job.source_key, ranges)
+
+    with shared_slide(job.source, job.source_key, job.source_etag) as tif:
         page = full_resolution_page(tif)
-        if job.threads > 1:  # bands read concurrently: each seek-and-read must be one step
+        unlocked = isinstance(tif.filehandle.lock, tifffile.NullContext)
+        if job.threads > 1 and unlocked:  # bands read concurrently: seek and read as one step
             tif.filehandle.set_lock(True)
 
         def band_fill(rows: range) -> ChunkFill:
@@ -159,6 +166,7 @@ def convert_source_region(job: RegionJob, row: int, col: int) -> Pixels | None:
             reader = RegionReader(tif, page)
             top, bottom = y0 + rows.start * size, min(y0 + rows.stop * size, y0 + height)
             band = (top, x0, bottom, x0 + width)
+            reader.prefetch(top, x0, bottom - top, width, fetch)
 
             def fill(cy: int, cx: int, chunk: Pixels) -> bytes | None:
                 y, x = y0 + cy * size, x0 + cx * size

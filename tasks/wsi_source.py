@@ -30,6 +30,10 @@ Pixels = NDArray[Any]
 JPEG = 7
 SUPPORTED_DTYPES = ("uint8", "uint16")
 MICRONS_PER_UNIT = {2: 25_400.0, 3: 10_000.0}  # TIFF ResolutionUnit: inch, centimetre
+# A remote slide is opened for its tags (scattered small reads); its tiles come by prefetch.
+METADATA_BLOCK_BYTES = 256 * 1024
+MERGE_GAP_BYTES = 64 * 1024  # segments this close in the file are fetched as one range
+RangeFetch = Callable[[list[tuple[int, int]]], list[bytes]]  # (offset, size) ranges -> bytes
 OME_UNITS_IN_MICRONS = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 
 
@@ -61,17 +65,64 @@ class SlideGeometry:
 
 @contextlib.contextmanager
 def open_slide(store: Store, key: str) -> Iterator[tifffile.TiffFile]:
-    """Open the TIFF at ``key``: from its local path when the store is a folder, else streamed."""
+    """Open the TIFF at ``key``: from its local path when the store is a folder, else streamed
+    with a small read-ahead, for its tags (regions read their tiles with ``prefetch``)."""
     path = store.local_path(key)
     try:
         if path is not None:
             with tifffile.TiffFile(path) as tif:
                 yield tif
             return
-        with store.open_read(key) as stream, tifffile.TiffFile(stream) as tif:
+        with (
+            store.open_read(key, block_size=METADATA_BLOCK_BYTES) as stream,
+            tifffile.TiffFile(stream) as tif,
+        ):
             yield tif
     except tifffile.TiffFileError as err:
         raise InvalidInput(f"not a readable TIFF slide: {store.url_of(key)}: {err}") from err
+
+
+@dataclass
+class _OpenSlide:
+    tif: tifffile.TiffFile
+    close: Callable[[], None]
+    users: int = 0
+
+
+_SHARED: dict[tuple[str, str], _OpenSlide] = {}  # remote slides kept open in this process
+_SHARED_LOCK = threading.Lock()
+SHARED_SLIDES = 2  # unused open slides kept at most (the one converting, and the previous)
+
+
+@contextlib.contextmanager
+def shared_slide(store: Store, key: str, etag: str | None) -> Iterator[tifffile.TiffFile]:
+    """``open_slide`` for the region tasks of one conversion. A remote slide is opened (its
+    tags read, a few round trips) once per process and version and shared by the tasks, which
+    read their tiles with ``prefetch``; its file handle is locked for any other read."""
+    if store.local_path(key) is not None or not etag:
+        with open_slide(store, key) as tif:
+            yield tif
+        return
+    name = (store.url_of(key), etag)
+    with _SHARED_LOCK:
+        entry = _SHARED.get(name)
+        if entry is None:
+            stack = contextlib.ExitStack()
+            tif = stack.enter_context(open_slide(store, key))
+            full_resolution_page(tif)  # parse the series once, before threads share it
+            tif.filehandle.set_lock(True)
+            entry = _SHARED[name] = _OpenSlide(tif, stack.close)
+        entry.users += 1
+    try:
+        yield entry.tif
+    finally:
+        with _SHARED_LOCK:
+            entry.users -= 1
+            for other in list(_SHARED):  # close unused slides beyond the few kept
+                if len(_SHARED) <= SHARED_SLIDES:
+                    break
+                if _SHARED[other].users == 0:
+                    _SHARED.pop(other).close()
 
 
 def full_resolution_page(tif: tifffile.TiffFile) -> tifffile.TiffPage:
@@ -198,6 +249,33 @@ class RegionReader:
         g = self.geometry
         self._segments_across = math.ceil(g.width / g.segment_width)
         self._kept: dict[int, Pixels] = {}  # decoded segments a later window still needs
+        self._stored: dict[int, bytes] = {}  # segments' stored bytes, read ahead by prefetch
+
+    def prefetch(self, y0: int, x0: int, height: int, width: int, fetch: RangeFetch) -> None:
+        """Read the stored bytes of every segment under the window in one round, for the
+        windows inside it to decode: ``fetch`` gets the byte ranges (file-adjacent segments
+        merged into one) and returns their bytes. From S3 that is one concurrent set of range
+        GETs, where reading tile by tile through a stream fetches several times the slide.
+        """
+        page = self._page
+        spans = sorted(
+            (page.dataoffsets[i], page.databytecounts[i], i)
+            for i in self._segments_in(y0, x0, height, width)
+            if page.databytecounts[i] and i not in self._stored
+        )
+        groups: list[list[tuple[int, int, int]]] = []
+        for span in spans:
+            if groups:
+                last_offset, last_count, _ = groups[-1][-1]
+                if 0 <= span[0] - (last_offset + last_count) <= MERGE_GAP_BYTES:
+                    groups[-1].append(span)
+                    continue
+            groups.append([span])
+        ranges = [(g[0][0], g[-1][0] + g[-1][1] - g[0][0]) for g in groups]
+        for group, (start, _), data in zip(groups, ranges, fetch(ranges), strict=True):
+            view = memoryview(data)
+            for offset, count, index in group:
+                self._stored[index] = bytes(view[offset - start : offset - start + count])
 
     def chunks_shape(self, height: int, width: int, chunk: int) -> tuple[int, ...]:
         """The shape ``read_chunks`` returns for a region of ``height x width``."""
@@ -227,7 +305,6 @@ class RegionReader:
         window = (y0, x0, min(y0 + height, g.height), min(x0 + width, g.width))
         placed = self._segments_in(y0, x0, height, width)
         indices = [index for index in placed if index not in self._kept]
-        offsets = [self._page.dataoffsets[i] for i in indices]
         counts = [self._page.databytecounts[i] for i in indices]
         # Decoded tiles cover every pixel unless the region ends inside a chunk (padding) or a
         # tile is missing: only then does the buffer need zeroing first.
@@ -255,13 +332,25 @@ class RegionReader:
                 if self._reaches_past(index, window, keep_within):
                     self._kept[index] = segment.copy()  # the decoder reuses its buffer
 
-        segments = cast(
-            Iterator[tuple[bytes | None, int]],
-            self._tif.filehandle.read_segments(offsets, counts, indices, sort=True),
-        )
+        segments = self._segments(indices)
         for _ in pool.map(decode_into, segments) if pool else map(decode_into, segments):
             pass
         return chunks
+
+    def _segments(self, indices: list[int]) -> Iterator[tuple[bytes | None, int]]:
+        """``(stored bytes, index)`` of each segment: prefetched, else read from the file in
+        file order (few, large reads)."""
+        missing = [index for index in indices if index not in self._stored]
+        for index in indices:
+            if index in self._stored:
+                yield self._stored[index], index
+        if missing:
+            offsets = [self._page.dataoffsets[i] for i in missing]
+            counts = [self._page.databytecounts[i] for i in missing]
+            yield from cast(
+                Iterator[tuple[bytes | None, int]],
+                self._tif.filehandle.read_segments(offsets, counts, missing, sort=True),
+            )
 
     def read_tile(self, y0: int, x0: int, height: int, width: int, out: Pixels) -> bytes:
         """The stored bytes of the one segment (tile) at ``(y0, x0)``, and its pixels inside
@@ -273,11 +362,9 @@ class RegionReader:
         if y0 % g.segment_height or x0 % g.segment_width or out.shape[-1] != g.segment_width:
             raise ValueError(f"read_tile: ({y0}, {x0}) is not one {g.segment_width} px tile")
         index = (y0 // g.segment_height) * self._segments_across + x0 // g.segment_width
-        offset, count = self._page.dataoffsets[index], self._page.databytecounts[index]
         data: bytes | None = None
-        if count:
-            segments = self._tif.filehandle.read_segments([offset], [count], [index])
-            data = cast(tuple[bytes | None, int], next(iter(segments)))[0]
+        if self._page.databytecounts[index]:
+            data = next(self._segments([index]))[0]
         if not data or height < out.shape[-2] or width < out.shape[-1]:
             out.fill(0)
         if data:

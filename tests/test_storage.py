@@ -78,6 +78,16 @@ def test_write_read_roundtrip_reports_sha256(store: Store) -> None:
     assert not store.exists("a/b/missing.bin")
 
 
+def test_read_ranges_returns_each_range_in_order(store: Store) -> None:
+    data = bytes(range(256)) * 1000
+    store.write_bytes("r/blob", data)
+    ranges = [(1000, 10), (0, 3), (255_990, 10), (5000, 0), (70_000, 4096)]
+    assert store.read_ranges("r/blob", ranges) == [data[o : o + n] for o, n in ranges]
+    assert store.read_ranges("r/blob", []) == []
+    with pytest.raises(ObjectNotFound):
+        store.read_ranges("r/missing", [(0, 1)])
+
+
 def test_list_is_recursive_sorted_with_sizes(store: Store) -> None:
     for key, size in [("x/2.bin", 2), ("x/1.bin", 1), ("x/deep/er/3.bin", 3), ("y/4.bin", 4)]:
         store.write_bytes(key, b"z" * size)

@@ -185,3 +185,24 @@ def test_windows_in_raster_order_decode_each_segment_once(slide_dir: Path, layou
         assert sorted(decoded) == sorted(set(decoded)), "no segment decoded twice"
         assert set(decoded) == set(reader._segments_in(y0, x0, height, width))
         assert not reader._kept, "every kept segment was used up and dropped"
+
+
+@pytest.mark.parametrize("layout", ["svs-jpeg", "tiff-none"])
+def test_prefetched_segments_decode_like_the_file(slide_dir: Path, layout: str) -> None:
+    """One round of merged range reads serves every window inside; the file is not read."""
+    store = open_store(slide_dir)
+    calls: list[list[tuple[int, int]]] = []
+
+    def fetch(ranges: list[tuple[int, int]]) -> list[bytes]:
+        calls.append(ranges)
+        return store.read_ranges(f"{layout}.tiff", ranges)
+
+    with open_slide(store, f"{layout}.tiff") as tif:
+        page = full_resolution_page(tif)
+        plain = RegionReader(tif, page).read_chunks(40, 70, 300, 400, 64)
+        reader = RegionReader(tif, page)
+        reader.prefetch(40, 70, 300, 400, fetch)
+        segments = len(reader._segments_in(40, 70, 300, 400))
+        assert len(calls) == 1 and len(calls[0]) < segments, "adjacent segments merged"
+        tif.filehandle.close()  # from here on, only prefetched bytes can be read
+        assert np.array_equal(reader.read_chunks(40, 70, 300, 400, 64), plain)
