@@ -79,7 +79,7 @@ class BufferPool:
         are ignored."""
         with self._lock:
             lent = self._lent.pop(id(array), None)
-            if lent is not None and lent[1].base is None:
+            if lent is not None:
                 self._free.setdefault(lent[0], []).append(lent[1])
 
     @contextmanager
@@ -95,10 +95,6 @@ class BufferPool:
         with self._lock:
             if key in self._lent and self._lent[key][1] is buffer:
                 del self._lent[key]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._free.clear()
 
 
 BUFFERS = BufferPool()
@@ -317,26 +313,11 @@ def _mean_wide(pairs: Pixels) -> Pixels:
 
 
 def assemble_quarters(
-    plan: PyramidPlan,
-    level: int,
-    row: int,
-    col: int,
-    children: list[tuple[int, int, Pixels]],
-    out: Pixels | None = None,
+    plan: PyramidPlan, level: int, row: int, col: int, children: list[tuple[int, int, Pixels]]
 ) -> Pixels:
     """A chunk-major region of ``level`` from its children's quarters ``(child_row, child_col,
-    quarters)``: each quarter lands in one quadrant of one chunk. ``out`` (of ``region_shape``)
-    is filled, else a new array is; it is zeroed first unless four whole-shard children cover it.
-    """
-    if out is None:
-        region = np.zeros(region_shape(plan, level, row, col), plan.dtype)
-    else:
-        region = out
-        per_side = plan.shard // plan.chunk
-        whole = (per_side, per_side)
-        covered = len(children) == 4 and all(q.shape[:2] == whole for _, _, q in children)
-        if region.shape[:2] != whole or not covered:
-            region.fill(0)
+    quarters)``: each quarter lands in one quadrant of one chunk."""
+    region = np.zeros(region_shape(plan, level, row, col), plan.dtype)
     size, half, half_shard = plan.chunk, plan.chunk // 2, plan.shard // 2
     down, across = region.shape[:2]
     for child_row, child_col, quarters in children:
@@ -379,12 +360,6 @@ def assemble_chunk(
                 target.fill(0)
 
 
-def shard_bound(chunks: Pixels, plan: PyramidPlan) -> int:
-    """The most bytes ``encode_shard`` writes for ``chunks`` with zstd: the size its ``out``
-    needs."""
-    return RegionEncoder.bound(plan, chunks.shape[0] * chunks.shape[1], chunks[0, 0].nbytes)
-
-
 class RegionEncoder:
     """Encodes the chunks of one region as they come (any order), then makes its objects.
 
@@ -423,6 +398,17 @@ class RegionEncoder:
         written = len(imagecodecs.zstd_encode(data, level=self._codec.level, out=target))
         self._placed[cy, cx] = (self._offset, written)
         self._offset += written
+
+    def add_region(self, chunks: Pixels, pool: Executor | None = None) -> None:
+        """Encode every chunk of a chunk-major region, on ``pool`` if given (then without
+        ``out``)."""
+        positions = [(cy, cx) for cy in range(chunks.shape[0]) for cx in range(chunks.shape[1])]
+
+        def add(at: tuple[int, int]) -> None:
+            self.add(at[0], at[1], chunks[at])
+
+        for _ in pool.map(add, positions) if pool else map(add, positions):
+            pass
 
     def add_encoded(self, cy: int, cx: int, data: bytes) -> None:
         """Store bytes already in the array's codec (a copied JPEG tile) at ``(cy, cx)``; empty
@@ -463,43 +449,7 @@ class RegionEncoder:
         return dict(self._pieces)
 
 
-def encode_shard(
-    chunks: Pixels,
-    plan: PyramidPlan,
-    codec: ChunkCodec,
-    pool: Executor | None = None,
-    out: NDArray[np.uint8] | None = None,
-) -> Pixels:
-    """A whole shard object for a chunk-major region (see ``RegionEncoder.shard``), its chunks
-    encoded on ``pool`` if given, else into ``out`` when given (at least ``shard_bound`` bytes;
-    the result is a view of it)."""
-    if out is not None and out.nbytes < shard_bound(chunks, plan):
-        raise ValueError(f"encode_shard needs {shard_bound(chunks, plan)} bytes of output")
-    if pool is None and out is None and codec.name == "zstd":
-        out = np.empty(shard_bound(chunks, plan), np.uint8)
-    encoder = RegionEncoder(plan, codec, out if pool is None else None)
-    positions = [(cy, cx) for cy in range(chunks.shape[0]) for cx in range(chunks.shape[1])]
-    for _ in _map(pool, lambda at: encoder.add(at[0], at[1], chunks[at]), positions):
-        pass
-    return encoder.shard()
-
-
 def _zstd_bound(size: int) -> int:
     """ZSTD_compressBound: the largest frame zstd can make of ``size`` bytes."""
     small = (128 * 1024 - size) >> 11 if size < 128 * 1024 else 0
     return size + (size >> 8) + small
-
-
-def encode_chunk_objects(
-    chunks: Pixels, codec: ChunkCodec, pool: Executor | None = None
-) -> dict[tuple[int, int], bytes]:
-    """Zarr v2 (no sharding): each chunk of the region as its own object, by grid position."""
-    encoder = RegionEncoder(PyramidPlan(((0, 0),), 1, "uint8", 16, 16), codec)
-    positions = [(cy, cx) for cy in range(chunks.shape[0]) for cx in range(chunks.shape[1])]
-    for _ in _map(pool, lambda at: encoder.add(at[0], at[1], chunks[at]), positions):
-        pass
-    return encoder.chunk_objects()
-
-
-def _map(pool: Executor | None, function: Callable[[Any], Any], items: list[Any]) -> Iterator[Any]:
-    return iter(pool.map(function, items)) if pool else map(function, items)

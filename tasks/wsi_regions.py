@@ -262,15 +262,7 @@ def write_levels_below_root(job: RegionJob, quarters: Pixels) -> None:
         for lower in range(plan.top + 1, plan.levels):
             chunks = assemble_quarters(plan, lower, 0, 0, [(0, 0, quarters)])
             encoder = RegionEncoder(plan, job.codec)
-            positions = [(cy, cx) for cy in range(chunks.shape[0]) for cx in range(chunks.shape[1])]
-
-            def add(
-                at: tuple[int, int], chunks: Pixels = chunks, encoder: RegionEncoder = encoder
-            ) -> None:
-                encoder.add(at[0], at[1], chunks[at])
-
-            for _ in pool.map(add, positions) if pool else map(add, positions):
-                pass
+            encoder.add_region(chunks, pool)
             store_objects(job.target, job.pyramid_key, _objects(job, lower, 0, 0, encoder))
             if lower + 1 < plan.levels:
                 quarters = downsample_mean(chunks, *plan.shapes[lower])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +20,12 @@ from tasks.wsi_pyramid import (
     BufferPool,
     ChunkCodec,
     PyramidPlan,
+    RegionEncoder,
     assemble_chunk,
     assemble_quarters,
     chunks_from_planar,
     downsample_mean,
-    encode_chunk_objects,
-    encode_shard,
     planar_from_chunks,
-    shard_bound,
 )
 from tasks.wsi_regions import plan_region_tasks
 
@@ -124,7 +123,9 @@ def test_hand_written_shards_read_back_with_zarr(tmp_path: Path, name: str) -> N
             y0, x0, h, w = plan.region(0, row, col)
             chunks = chunks_from_planar(image[:, y0 : y0 + h, x0 : x0 + w], 32)
             (key,) = region_keys(plan, "0.5", 0, row, col)
-            data = encode_shard(chunks, plan, codec)
+            encoder = RegionEncoder(plan, codec)
+            encoder.add_region(chunks)
+            data = encoder.shard()
             sync(store.set(key.removeprefix("0/"), prototype.buffer.from_array_like(data)))
     assert np.array_equal(array[:], image)
 
@@ -143,7 +144,9 @@ def test_zarr_v2_chunk_objects_read_back(tmp_path: Path) -> None:
     )
     image = np.random.default_rng(8).integers(0, 256, (3, 50, 70), dtype=np.uint8)
     prototype = default_buffer_prototype()
-    for (cy, cx), data in encode_chunk_objects(chunks_from_planar(image, 32), codec).items():
+    encoder = RegionEncoder(PyramidPlan(((50, 70),), 3, "uint8", 32, 64), codec)
+    encoder.add_region(chunks_from_planar(image, 32))
+    for (cy, cx), data in encoder.chunk_objects().items():
         sync(store.set(f"0/{cy}/{cx}", prototype.buffer.from_bytes(data)))
     assert np.array_equal(array[:], image)
 
@@ -211,27 +214,17 @@ def test_mean_and_shard_into_given_buffers() -> None:
     assert downsample_mean(chunks.copy(), 64, 96, out) is out
     assert np.array_equal(out, downsample_mean(chunks.copy(), 64, 96))
     plan = PyramidPlan(((64, 96),), 3, "uint8", 32, 128)
-    scratch = np.empty(shard_bound(chunks, plan), np.uint8)
-    shard = encode_shard(chunks, plan, ChunkCodec(), out=scratch)
+    scratch = np.empty(RegionEncoder.bound(plan, 6, chunks[0, 0].nbytes), np.uint8)
+    direct = RegionEncoder(plan, ChunkCodec(), out=scratch)
+    direct.add_region(chunks)
+    shard = direct.shard()
     assert np.shares_memory(shard, scratch)
-    assert np.array_equal(shard, encode_shard(chunks, plan, ChunkCodec()))
-    with pytest.raises(ValueError, match="bytes of output"):
-        encode_shard(chunks, plan, ChunkCodec(), out=scratch[:100])
-
-
-@pytest.mark.parametrize("side", [256, 200])  # four whole children, and a level edge
-def test_assembling_into_a_dirty_buffer_equals_a_fresh_one(side: int) -> None:
-    plan = PyramidPlan.for_slide(2 * side, 2 * side, 3, "uint8", 32, 128, 16)
-    rng = np.random.default_rng(side)
-    children = []
-    for r, c in plan.children(2, 0, 0):
-        _, _, h, w = plan.region(1, r, c)
-        chunks = chunks_from_planar(rng.integers(0, 256, (3, h, w), dtype=np.uint8), 32)
-        children.append((r, c, downsample_mean(chunks, h, w)))
-    fresh = assemble_quarters(plan, 2, 0, 0, children)
-    dirty = np.full(fresh.shape, 255, np.uint8)
-    assert assemble_quarters(plan, 2, 0, 0, children, out=dirty) is dirty
-    assert np.array_equal(dirty, fresh)
+    with ThreadPoolExecutor(2) as pool:  # encoded apart, on threads, then joined
+        pieces = RegionEncoder(plan, ChunkCodec())
+        pieces.add_region(chunks, pool)
+    assert np.array_equal(shard, pieces.shard())
+    with pytest.raises(ValueError, match="too small"):
+        RegionEncoder(plan, ChunkCodec(), out=scratch[:100]).add_region(chunks)
 
 
 @pytest.mark.parametrize("side", [256, 200])
