@@ -29,6 +29,7 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.codecs import TransposeCodec
 
 from mira.errors import InvalidInput
+from tasks.wsi_pyramid import INTERLEAVED
 
 if TYPE_CHECKING:
     from zarr.core.array_spec import ArraySpec
@@ -144,7 +145,7 @@ def level0_codecs(page: tifffile.TiffPage) -> list[Any]:
         colorspace_jpeg=_name(colorspace_jpeg),
         colorspace_data=_name(colorspace_data),
     )
-    return [TransposeCodec(order=(1, 2, 0)), codec]
+    return [TransposeCodec(order=INTERLEAVED), codec]
 
 
 def register() -> None:

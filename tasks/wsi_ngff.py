@@ -4,7 +4,8 @@ Layout of ``pyramids/<slide>.ome.zarr`` (NGFF 0.5, Zarr v3)::
 
     zarr.json            root group: attributes.ome (multiscales, omero) and attributes.mira
                          (the completion record); written LAST, so its presence means complete
-    0/zarr.json          level 0 array, (c, y, x), sharded; attributes.mira.run ties the
+    0/zarr.json          level 0 array, (c, y, x), sharded, its chunks stored (y, x, c)
+                         through a transpose codec; attributes.mira.run ties the
     0/c/0/<i>/<j>        partial work to one source and option set (see ``run_fingerprint``)
     1/ ... <n>/          each level a 2x2 mean of the one above
 
@@ -26,15 +27,16 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 from numpy.typing import NDArray
+from zarr.codecs import TransposeCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from storage import Store, join_key
-from tasks.wsi_pyramid import ChunkCodec, PyramidPlan
+from tasks.wsi_pyramid import INTERLEAVED, ChunkCodec, PyramidPlan
 from tasks.wsi_source import SlideMetadata
 
 NgffVersion = Literal["0.5", "0.4"]
-LAYOUT_VERSION = 1  # bump when the bytes mira writes for the same input and options change
+LAYOUT_VERSION = 2  # bump when the bytes mira writes for the same input and options change
 AXES = ("c", "y", "x")
 RGB_CHANNELS = (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))
 
@@ -98,6 +100,7 @@ def create_level_arrays(
             compressor = codec.zarr3_compressor()
             kwargs["shards"] = (plan.samples, plan.shard, plan.shard)
             kwargs["compressors"] = [compressor] if compressor is not None else None
+            kwargs["filters"] = [TransposeCodec(order=INTERLEAVED)]  # chunks stored (y, x, c)
             kwargs["dimension_names"] = AXES
             if level == 0 and level0_codecs:
                 *kwargs["filters"], kwargs["serializer"] = level0_codecs

@@ -5,6 +5,12 @@ mira writes chunk bytes itself instead of going through zarr-python's per-chunk 
 the same numcodecs codec the array metadata names, the chunks are concatenated with the sharding
 codec's index (``(offset, nbytes)`` uint64 pairs, little endian, then their CRC32C, at the end),
 and the whole shard is stored as one object. zarr (or any Zarr v3 reader) reads it back.
+
+A chunk is held and stored interleaved, ``(chunk, chunk, c)``: the order JPEG decoders, OpenCV
+and zstd work fastest in. The arrays are still ``(c, y, x)`` as NGFF requires: in Zarr v3 a
+``transpose`` codec (order ``(1, 2, 0)``) maps each ``(c, y, x)`` chunk to the stored order, and
+every v3 reader applies it. Zarr v2 has no such codec, so its chunks are transposed to planar
+``(c, chunk, chunk)`` when encoded (``RegionEncoder(planar=True)``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ Pixels = NDArray[Any]
 EMPTY_CHUNK = 2**64 - 1  # the sharding codec's marker for "chunk not stored"
 CODEC_NAMES = ("zstd", "blosc-zstd", "blosc-lz4", "lz4", "gzip", "none")
 CV2_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+INTERLEAVED = (1, 2, 0)  # the transpose codec's order: (c, y, x) chunks stored as (y, x, c)
 
 # mira runs one region per core itself; OpenCV's own thread pool would only contend with that.
 cv2.setNumThreads(1)
@@ -243,10 +250,11 @@ class PyramidPlan:
 
 
 def region_shape(plan: PyramidPlan, level: int, row: int, col: int) -> tuple[int, ...]:
-    """A chunk-major region's shape, ``(chunks_down, chunks_across, c, chunk, chunk)``."""
+    """A chunk-major region's shape, ``(chunks_down, chunks_across, chunk, chunk, c)``: each
+    chunk interleaved, as stored."""
     _, _, height, width = plan.region(level, row, col)
     c = plan.chunk
-    return (-(-height // c), -(-width // c), plan.samples, c, c)
+    return (-(-height // c), -(-width // c), c, c, plan.samples)
 
 
 def chunks_from_planar(planar: Pixels, chunk: int) -> Pixels:
@@ -255,21 +263,21 @@ def chunks_from_planar(planar: Pixels, chunk: int) -> Pixels:
     down, across = -(-h // chunk), -(-w // chunk)
     padded = np.zeros((c, down * chunk, across * chunk), planar.dtype)
     padded[:, :h, :w] = planar
-    grid = padded.reshape(c, down, chunk, across, chunk).transpose(1, 3, 0, 2, 4)
+    grid = padded.reshape(c, down, chunk, across, chunk).transpose(1, 3, 2, 4, 0)
     return np.ascontiguousarray(grid)
 
 
 def planar_from_chunks(chunks: Pixels, height: int, width: int) -> Pixels:
     """The inverse of ``chunks_from_planar``: a planar ``(c, height, width)`` array."""
-    down, across, c, size, _ = chunks.shape
-    planar = chunks.transpose(2, 0, 3, 1, 4).reshape(c, down * size, across * size)
+    down, across, size, _, c = chunks.shape
+    planar = chunks.transpose(4, 0, 2, 1, 3).reshape(c, down * size, across * size)
     return np.ascontiguousarray(planar[:, :height, :width])
 
 
 def downsample_mean(chunks: Pixels, height: int, width: int, out: Pixels | None = None) -> Pixels:
     """2x2 mean of a chunk-major region whose valid size is ``height x width``, rounded half up.
 
-    Returns each chunk halved in place of the chunk, ``(down, across, c, chunk/2, chunk/2)``
+    Returns each chunk halved in place of the chunk, ``(down, across, chunk/2, chunk/2, c)``
     ("quarters"), which ``assemble_quarters`` re-chunks for the next level. Odd edges: a last odd
     row (column) is first copied into the padding beside it, so the last output row (column) is
     the mean of the one or two pixels that exist, not darkened by the padding; output beyond
@@ -278,38 +286,38 @@ def downsample_mean(chunks: Pixels, height: int, width: int, out: Pixels | None 
     ``out`` when given (a C-contiguous array of the quarters' shape).
 
     uint8 and uint16 go through OpenCV's area resize, whose exact 2x case is the rounded 2x2
-    mean ``(a + b + c + d + 2) >> 2`` in SIMD code; the stacked chunk planes are one 2-D image
-    for it, as no 2x2 block crosses two planes (chunk sides are even).
+    mean ``(a + b + c + d + 2) >> 2`` in SIMD code; the stacked chunks are one tall image of
+    ``c`` channels for it, as no 2x2 block crosses two chunks (chunk sides are even).
     """
-    size = chunks.shape[-1]
+    size = chunks.shape[2]
     if height % 2:
         row, used = divmod(height, size)
-        chunks[row, :, :, used, :] = chunks[row, :, :, used - 1, :]
+        chunks[row, :, used] = chunks[row, :, used - 1]
     if width % 2:
         col, used = divmod(width, size)
-        chunks[:, col, :, :, used] = chunks[:, col, :, :, used - 1]
-    down, across, c = chunks.shape[:3]
+        chunks[:, col, :, used] = chunks[:, col, :, used - 1]
+    down, across, _, _, c = chunks.shape
     half = size // 2
-    if chunks.dtype not in CV2_DTYPES:
-        means = _mean_wide(chunks.reshape(-1, 2, size)).reshape(down, across, c, half, half)
+    if chunks.dtype not in CV2_DTYPES or c > 4:
+        means = _mean_wide(chunks.reshape(-1, 2, half, 2, c)).reshape(down, across, half, half, c)
         if out is None:
             return means
         out[...] = means
         return out
-    planes = np.ascontiguousarray(chunks).reshape(-1, size)
-    quarters = np.empty((down, across, c, half, half), chunks.dtype) if out is None else out
-    target = quarters.reshape(-1, half)  # a view: OpenCV writes the means into it
-    means = cv2.resize(planes, (half, target.shape[0]), dst=target, interpolation=cv2.INTER_AREA)
+    image = np.ascontiguousarray(chunks).reshape(-1, size, c)
+    quarters = np.empty((down, across, half, half, c), chunks.dtype) if out is None else out
+    target = quarters.reshape(-1, half, c)  # a view: OpenCV writes the means into it
+    means = cv2.resize(image, (half, target.shape[0]), dst=target, interpolation=cv2.INTER_AREA)
     if not np.shares_memory(means, target):
-        target[...] = means
+        target[...] = means.reshape(target.shape)
     return quarters
 
 
-def _mean_wide(pairs: Pixels) -> Pixels:
-    """Row pairs ``(n, 2, w)`` -> ``(n, w/2)`` rounded means, in a wider integer type."""
-    wide: Pixels = pairs.astype(np.uint64 if pairs.dtype.itemsize >= 4 else np.uint32)
-    total = wide[:, 0, 0::2] + wide[:, 0, 1::2] + wide[:, 1, 0::2] + wide[:, 1, 1::2]
-    return ((total + 2) // 4).astype(pairs.dtype)
+def _mean_wide(blocks: Pixels) -> Pixels:
+    """2x2 blocks ``(n, 2, w, 2, c)`` -> ``(n, w, c)`` rounded means, in a wider integer type."""
+    wide: Pixels = blocks.astype(np.uint64 if blocks.dtype.itemsize >= 4 else np.uint32)
+    total = wide[:, 0, :, 0] + wide[:, 0, :, 1] + wide[:, 1, :, 0] + wide[:, 1, :, 1]
+    return ((total + 2) // 4).astype(blocks.dtype)
 
 
 def assemble_quarters(
@@ -329,7 +337,7 @@ def assemble_quarters(
             for qx in range(quarters.shape[1]):
                 cx, ox = divmod(left + qx * half, size)
                 if cx < across:
-                    region[cy, cx, :, oy : oy + half, ox : ox + half] = quarters[qy, qx]
+                    region[cy, cx, oy : oy + half, ox : ox + half] = quarters[qy, qx]
     return region
 
 
@@ -343,7 +351,7 @@ def assemble_chunk(
     cx: int,
     out: Pixels,
 ) -> None:
-    """Chunk ``(cy, cx)`` of a region of ``level``, ``(c, chunk, chunk)``, from its children's
+    """Chunk ``(cy, cx)`` of a region of ``level``, ``(chunk, chunk, c)``, from its children's
     quarters by child ``(row, col)``: each of its four quadrants is one quarter block, or 0 where
     no child covers it. The same pixels as ``assemble_quarters``, one chunk at a time."""
     size, half, half_shard = plan.chunk, plan.chunk // 2, plan.shard // 2
@@ -353,7 +361,7 @@ def assemble_chunk(
             x = cx * size + sx * half
             quarters = children.get((2 * row + y // half_shard, 2 * col + x // half_shard))
             qy, qx = (y % half_shard) // half, (x % half_shard) // half
-            target = out[:, sy * half : (sy + 1) * half, sx * half : (sx + 1) * half]
+            target = out[sy * half : (sy + 1) * half, sx * half : (sx + 1) * half]
             if quarters is not None and qy < quarters.shape[0] and qx < quarters.shape[1]:
                 target[...] = quarters[qy, qx]
             else:
@@ -368,11 +376,18 @@ class RegionEncoder:
     the region, at the level's edge, are marked empty). ``chunk_objects()`` are the Zarr v2
     chunks by grid position. With zstd and an ``out`` buffer (``bound`` bytes), chunks are
     encoded straight into it: the shard is a view of ``out``, with no second copy. ``add`` may
-    be called from several threads at once only without ``out``.
+    be called from several threads at once only without ``out``. Chunks come interleaved,
+    ``(chunk, chunk, c)``; ``planar`` stores them as ``(c, chunk, chunk)`` (Zarr v2).
     """
 
-    def __init__(self, plan: PyramidPlan, codec: ChunkCodec, out: NDArray[np.uint8] | None = None):
-        self._plan, self._codec = plan, codec
+    def __init__(
+        self,
+        plan: PyramidPlan,
+        codec: ChunkCodec,
+        out: NDArray[np.uint8] | None = None,
+        planar: bool = False,
+    ):
+        self._plan, self._codec, self._planar = plan, codec, planar
         self._out = out if codec.name == "zstd" else None
         self._encode = codec.encoder()
         self._offset = 0
@@ -386,7 +401,10 @@ class RegionEncoder:
         return chunks * _zstd_bound(chunk_bytes) + per_side * per_side * 16 + 4
 
     def add(self, cy: int, cx: int, chunk: Pixels) -> None:
-        """Encode one chunk (C order, any byte order) at grid position ``(cy, cx)``."""
+        """Encode one chunk, ``(chunk, chunk, c)`` in any byte order, at grid position
+        ``(cy, cx)``."""
+        if self._planar:
+            chunk = np.ascontiguousarray(chunk.transpose(2, 0, 1))
         if self._out is None:
             self._pieces[cy, cx] = self._encode(chunk)
             return

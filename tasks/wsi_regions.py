@@ -209,9 +209,9 @@ def stream_region(
     """
     plan = job.plan
     _, _, height, width = plan.region(level, row, col)
-    down, across, samples, size = region_shape(plan, level, row, col)[:4]
+    down, across, size, _, samples = region_shape(plan, level, row, col)
     half = size // 2
-    quarters = BUFFERS.take("quarters", (down, across, samples, half, half), plan.dtype)
+    quarters = BUFFERS.take("quarters", (down, across, half, half, samples), plan.dtype)
     bands = _bands(down, job.threads)
     copied = job.passthrough and level == 0
     direct = job.codec.name == "zstd" and job.version == "0.5" and len(bands) == 1 and not copied
@@ -221,11 +221,11 @@ def stream_region(
         if direct:  # encoded straight into a reused buffer that becomes the shard
             bound = RegionEncoder.bound(plan, down * across, chunk_bytes)
             out = stack.enter_context(BUFFERS.borrow("shard", (bound,), np.uint8))
-        encoder = RegionEncoder(plan, job.codec, out)
+        encoder = RegionEncoder(plan, job.codec, out, planar=job.version == "0.4")
 
         def run_band(rows: range) -> None:
             fill = band_fill(rows)
-            with BUFFERS.borrow("chunk", (1, 1, samples, size, size), plan.dtype) as chunk:
+            with BUFFERS.borrow("chunk", (1, 1, size, size, samples), plan.dtype) as chunk:
                 for cy in rows:
                     for cx in range(across):
                         stored = fill(cy, cx, chunk)
@@ -261,7 +261,7 @@ def write_levels_below_root(job: RegionJob, quarters: Pixels) -> None:
     with _pool(job.threads) as pool:
         for lower in range(plan.top + 1, plan.levels):
             chunks = assemble_quarters(plan, lower, 0, 0, [(0, 0, quarters)])
-            encoder = RegionEncoder(plan, job.codec)
+            encoder = RegionEncoder(plan, job.codec, planar=job.version == "0.4")
             encoder.add_region(chunks, pool)
             store_objects(job.target, job.pyramid_key, _objects(job, lower, 0, 0, encoder))
             if lower + 1 < plan.levels:

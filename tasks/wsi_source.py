@@ -4,7 +4,7 @@ Only the slide's full-resolution level is read; mira builds its own pyramid from
 read by fetching the raw bytes of the tiles (or strips) it touches, in file order, and decoding
 each one: JPEG with libjpeg-turbo directly (``imagecodecs.jpeg8_decode`` with the page's shared
 JPEG tables and the colour space tifffile would use), everything else through tifffile's own
-segment decoder. Pixels come out planar, ``(channel, y, x)``.
+segment decoder. Pixels come out in chunks, interleaved as decoded: ``(y, x, channel)``.
 """
 
 from __future__ import annotations
@@ -237,8 +237,9 @@ def _positive_float(value: Any) -> float | None:
 class RegionReader:
     """Reads rectangular regions of one slide's full-resolution level, already cut into chunks.
 
-    A region comes back chunk-major, ``(chunks_down, chunks_across, samples, chunk, chunk)``, so
-    each chunk is contiguous and goes to the codec without a copy; outside the slide it is 0.
+    A region comes back chunk-major, ``(chunks_down, chunks_across, chunk, chunk, samples)``, so
+    each chunk is contiguous, interleaved as decoded, and goes to the codec without a copy;
+    outside the slide it is 0.
     """
 
     def __init__(self, tif: tifffile.TiffFile, page: tifffile.TiffPage) -> None:
@@ -279,7 +280,7 @@ class RegionReader:
 
     def chunks_shape(self, height: int, width: int, chunk: int) -> tuple[int, ...]:
         """The shape ``read_chunks`` returns for a region of ``height x width``."""
-        return (-(-height // chunk), -(-width // chunk), self.geometry.samples, chunk, chunk)
+        return (-(-height // chunk), -(-width // chunk), chunk, chunk, self.geometry.samples)
 
     def read_chunks(
         self,
@@ -354,18 +355,18 @@ class RegionReader:
 
     def read_tile(self, y0: int, x0: int, height: int, width: int, out: Pixels) -> bytes:
         """The stored bytes of the one segment (tile) at ``(y0, x0)``, and its pixels inside
-        ``height x width`` decoded into ``out`` (``(1, 1, samples, tile, tile)``, zero-padded).
+        ``height x width`` decoded into ``out`` (``(1, 1, tile, tile, samples)``, zero-padded).
 
         Empty bytes for a missing tile (its pixels are 0). For passthrough: chunks are tiles.
         """
         g = self.geometry
-        if y0 % g.segment_height or x0 % g.segment_width or out.shape[-1] != g.segment_width:
+        if y0 % g.segment_height or x0 % g.segment_width or out.shape[-2] != g.segment_width:
             raise ValueError(f"read_tile: ({y0}, {x0}) is not one {g.segment_width} px tile")
         index = (y0 // g.segment_height) * self._segments_across + x0 // g.segment_width
         data: bytes | None = None
         if self._page.databytecounts[index]:
             data = next(self._segments([index]))[0]
-        if not data or height < out.shape[-2] or width < out.shape[-1]:
+        if not data or height < out.shape[-3] or width < out.shape[-2]:
             out.fill(0)
         if data:
             window = (y0, x0, min(y0 + height, g.height), min(x0 + width, g.width))
@@ -399,9 +400,8 @@ class RegionReader:
     def _place(
         self, segment: Pixels, index: int, chunks: Pixels, window: tuple[int, int, int, int]
     ) -> None:
-        """Copy the part of one decoded segment inside the window into the chunks it overlaps,
-        channel first."""
-        g, size = self.geometry, chunks.shape[-1]
+        """Copy the part of one decoded segment inside the window into the chunks it overlaps."""
+        g, size = self.geometry, chunks.shape[2]
         y0, x0, y1, x1 = window
         top = (index // self._segments_across) * g.segment_height
         left = (index % self._segments_across) * g.segment_width
@@ -413,8 +413,7 @@ class RegionReader:
                 cxs, cxe = max(xs, x0 + cx * size), min(xe, x0 + (cx + 1) * size)
                 part = segment[cys - top : cye - top, cxs - left : cxe - left]
                 oy, ox = cys - y0 - cy * size, cxs - x0 - cx * size
-                target = chunks[cy, cx, :, oy : oy + part.shape[0], ox : ox + part.shape[1]]
-                np.copyto(target, part.transpose(2, 0, 1))
+                np.copyto(chunks[cy, cx, oy : oy + part.shape[0], ox : ox + part.shape[1]], part)
 
 
 def segment_decoder(

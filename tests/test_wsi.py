@@ -15,6 +15,7 @@ import pydantic_zarr.v2
 import pytest
 import tifffile
 import zarr
+from imagecodecs import zstd_decode
 from ome_zarr_models.v04 import Image as ImageV04
 from ome_zarr_models.v05.image import Image as ImageV05
 from zarr.core.metadata import ArrayV3Metadata
@@ -144,6 +145,13 @@ def test_real_slide_to_ngff_05(tmp_path: Path) -> None:
     assert isinstance(array, zarr.Array) and isinstance(array.metadata, ArrayV3Metadata)
     assert array.metadata.dimension_names == ("c", "y", "x")
     assert array.chunks == (3, 512, 512) and array.shards == (3, 4096, 4096)
+    inner = target.read_json("pyramids/cmu.ome.zarr/0/zarr.json")["codecs"][0]["configuration"]
+    assert inner["codecs"][0] == {"name": "transpose", "configuration": {"order": [1, 2, 0]}}
+    shard = target.read_bytes("pyramids/cmu.ome.zarr/0/c/0/0/0")
+    offset, nbytes = np.frombuffer(shard[-(8 * 8 * 16 + 4) :][:16], "<u8").tolist()
+    first = np.frombuffer(zstd_decode(shard[offset : offset + nbytes]), np.uint8)
+    expected = level0(source, slide.name)[:, :512, :512]
+    assert np.array_equal(first.reshape(512, 512, 3), expected.transpose(1, 2, 0)), "stored y, x, c"
     record = attributes(group)["mira"]
     assert record["source_sha256"] == source.sha256(slide.name) == result.source_sha256
     assert record["slide"] == {
@@ -224,10 +232,10 @@ def test_other_lossless_codecs(slides: Store, tmp_path: Path, codec: str) -> Non
     assert (
         names
         == {
-            "blosc-zstd": ["bytes", "blosc"],
-            "lz4": ["bytes", "blosc"],
-            "gzip": ["bytes", "gzip"],
-            "none": ["bytes"],
+            "blosc-zstd": ["transpose", "bytes", "blosc"],
+            "lz4": ["transpose", "bytes", "blosc"],
+            "gzip": ["transpose", "bytes", "gzip"],
+            "none": ["transpose", "bytes"],
         }[codec]
     )
 

@@ -10,6 +10,7 @@ import pytest
 import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from zarr.codecs import TransposeCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
@@ -17,6 +18,7 @@ from mira.errors import InvalidInput
 from tasks.wsi_ngff import region_keys
 from tasks.wsi_pyramid import (
     CODEC_NAMES,
+    INTERLEAVED,
     BufferPool,
     ChunkCodec,
     PyramidPlan,
@@ -63,24 +65,30 @@ def test_unknown_codec_is_invalid_input() -> None:
         ChunkCodec("jpeg-xl")
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     height=st.integers(1, 140),
     width=st.integers(1, 140),
     chunk=st.sampled_from([16, 32, 64]),
+    samples=st.sampled_from([1, 3, 4, 5]),
+    dtype=st.sampled_from(["uint8", "uint16", "uint32"]),
     seed=st.integers(0, 2**16),
 )
-def test_chunked_mean_equals_reference(height: int, width: int, chunk: int, seed: int) -> None:
-    image = np.random.default_rng(seed).integers(0, 256, (3, height, width), dtype=np.uint8)
+def test_chunked_mean_equals_reference(
+    height: int, width: int, chunk: int, samples: int, dtype: str, seed: int
+) -> None:
+    top = np.iinfo(dtype).max
+    image = np.random.default_rng(seed).integers(0, top, (samples, height, width), dtype=dtype)
     chunks = chunks_from_planar(image, chunk)
+    assert chunks.shape[2:] == (chunk, chunk, samples), "chunks are interleaved"
     assert np.array_equal(planar_from_chunks(chunks, height, width), image)
     quarters = downsample_mean(chunks, height, width)
     half = ((height + 1) // 2, (width + 1) // 2)
-    plan = PyramidPlan((half,), 3, "uint8", chunk, 16 * chunk)  # one shard holds the level
+    plan = PyramidPlan((half,), samples, dtype, chunk, 16 * chunk)  # one shard holds the level
     merged = assemble_quarters(plan, 0, 0, 0, [(0, 0, quarters)])
     assert np.array_equal(planar_from_chunks(merged, *half), reference_mean(image))
     beyond = merged.copy()
-    beyond_planar = beyond.transpose(2, 0, 3, 1, 4).reshape(3, merged.shape[0] * chunk, -1)
+    beyond_planar = beyond.transpose(4, 0, 2, 1, 3).reshape(samples, merged.shape[0] * chunk, -1)
     beyond_planar[:, : half[0], : half[1]] = 0
     assert not beyond_planar.any(), "padding beyond the level stays 0"
 
@@ -114,6 +122,7 @@ def test_hand_written_shards_read_back_with_zarr(tmp_path: Path, name: str) -> N
         chunks=(3, 32, 32),
         shards=(3, 64, 64),
         compressors=[compressor] if compressor is not None else None,
+        filters=[TransposeCodec(order=INTERLEAVED)],
         fill_value=0,
     )
     image = np.random.default_rng(7).integers(0, 256, (3, 150, 100), dtype=np.uint8)
@@ -144,7 +153,7 @@ def test_zarr_v2_chunk_objects_read_back(tmp_path: Path) -> None:
     )
     image = np.random.default_rng(8).integers(0, 256, (3, 50, 70), dtype=np.uint8)
     prototype = default_buffer_prototype()
-    encoder = RegionEncoder(PyramidPlan(((50, 70),), 3, "uint8", 32, 64), codec)
+    encoder = RegionEncoder(PyramidPlan(((50, 70),), 3, "uint8", 32, 64), codec, planar=True)
     encoder.add_region(chunks_from_planar(image, 32))
     for (cy, cx), data in encoder.chunk_objects().items():
         sync(store.set(f"0/{cy}/{cx}", prototype.buffer.from_bytes(data)))
@@ -210,7 +219,7 @@ def test_buffer_pool_reuses_given_back_buffers() -> None:
 def test_mean_and_shard_into_given_buffers() -> None:
     image = np.random.default_rng(3).integers(0, 256, (3, 64, 96), dtype=np.uint8)
     chunks = chunks_from_planar(image, 32)
-    out = np.full((2, 3, 3, 16, 16), 9, np.uint8)
+    out = np.full((2, 3, 16, 16, 3), 9, np.uint8)
     assert downsample_mean(chunks.copy(), 64, 96, out) is out
     assert np.array_equal(out, downsample_mean(chunks.copy(), 64, 96))
     plan = PyramidPlan(((64, 96),), 3, "uint8", 32, 128)
@@ -237,7 +246,7 @@ def test_chunk_by_chunk_assembly_equals_the_whole_region(side: int) -> None:
         chunks = chunks_from_planar(rng.integers(0, 256, (3, h, w), dtype=np.uint8), 32)
         children[r, c] = downsample_mean(chunks, h, w)
     whole = assemble_quarters(plan, 2, 0, 0, [(r, c, q) for (r, c), q in children.items()])
-    chunk = np.full((3, 32, 32), 255, np.uint8)
+    chunk = np.full((32, 32, 3), 255, np.uint8)
     for cy in range(whole.shape[0]):
         for cx in range(whole.shape[1]):
             assemble_chunk(plan, 2, 0, 0, children, cy, cx, chunk)
