@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import IO, Any, BinaryIO, Literal
 
 CHUNK_BYTES = 8 * 1024 * 1024
+HASH_CHUNK_BYTES = 1024 * 1024  # fits a core's L2 cache: hashed while still there
 LockMode = Literal["COMPLIANCE", "GOVERNANCE"]
 
 
@@ -62,13 +63,24 @@ class HashingReader:
         return self._hash.hexdigest()
 
 
-def sha256_stream(stream: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> tuple[str, int]:
-    """SHA-256 and size of everything left in ``stream``, read in bounded chunks."""
+def sha256_stream(stream: IO[bytes], chunk_bytes: int = HASH_CHUNK_BYTES) -> tuple[str, int]:
+    """SHA-256 and size of everything left in ``stream``, read in bounded chunks.
+
+    Streams with ``readinto`` (files, s3fs, BytesIO) are read into one reused buffer: a fresh
+    buffer per chunk costs a page fault per 4 KiB, more than hashing the bytes.
+    """
     digest = hashlib.sha256()
     size = 0
-    while chunk := stream.read(chunk_bytes):
-        digest.update(chunk)
-        size += len(chunk)
+    readinto = getattr(stream, "readinto", None)
+    if readinto is None:
+        while chunk := stream.read(chunk_bytes):
+            digest.update(chunk)
+            size += len(chunk)
+        return digest.hexdigest(), size
+    view = memoryview(bytearray(chunk_bytes))
+    while count := readinto(view):
+        digest.update(view[:count])
+        size += count
     return digest.hexdigest(), size
 
 

@@ -20,7 +20,7 @@ from mira.errors import (
     ObjectLocked,
     ObjectNotFound,
 )
-from storage import Retention, Store, open_store
+from storage import Retention, Store, open_store, sha256_stream
 from storage.local import LocalStore
 from storage.s3 import S3Store
 
@@ -357,3 +357,31 @@ def test_backend_errors_are_classified() -> None:
     assert isinstance(classify(client_error("NoSuchKey"), "s3://b/k"), ObjectNotFound)
     assert isinstance(classify(client_error("AccessDenied"), "s3://b/k"), AccessDenied)
     assert "s3://b/k" in str(classify(client_error("InternalError"), "s3://b/k"))
+
+
+class ReadOnlyStream:
+    """A stream with ``read`` only (no ``readinto``), returning short reads."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data, self._at = data, 0
+
+    def read(self, size: int = -1) -> bytes:
+        size = min(size, 1000)  # short reads, as raw streams may return
+        piece = self._data[self._at : self._at + size]
+        self._at += len(piece)
+        return piece
+
+
+def test_sha256_stream_reads_into_one_buffer_or_by_read(store: Store) -> None:
+    data = hashlib.sha256(b"x").digest() * 10_000  # 320 kB: many chunks of 64 kB
+    expected = (hashlib.sha256(data).hexdigest(), len(data))
+    assert sha256_stream(io.BytesIO(data), 64 * 1024) == expected
+    assert sha256_stream(ReadOnlyStream(data), 64 * 1024) == expected  # type: ignore[arg-type]
+    store.write_bytes("hashed.bin", data)
+    with store.open_read("hashed.bin") as stream:
+        stream.seek(100)
+        assert sha256_stream(stream, 64 * 1024) == (
+            hashlib.sha256(data[100:]).hexdigest(),
+            len(data) - 100,
+        ), "from the current position"
+    assert store.sha256("hashed.bin") == expected[0]
