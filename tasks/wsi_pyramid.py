@@ -15,10 +15,11 @@ every v3 reader applies it. Zarr v2 has no such codec, so its chunks are transpo
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -374,10 +375,15 @@ class RegionEncoder:
     ``shard()`` is the whole Zarr v3 shard as one uint8 array: the encoded chunks, then the
     index of ``(offset, nbytes)`` uint64 pairs and its CRC32C (chunks of the shard's grid beyond
     the region, at the level's edge, are marked empty). ``chunk_objects()`` are the Zarr v2
-    chunks by grid position. With zstd and an ``out`` buffer (``bound`` bytes), chunks are
-    encoded straight into it: the shard is a view of ``out``, with no second copy. ``add`` may
-    be called from several threads at once only without ``out``. Chunks come interleaved,
-    ``(chunk, chunk, c)``; ``planar`` stores them as ``(c, chunk, chunk)`` (Zarr v2).
+    chunks by grid position. Chunks come interleaved, ``(chunk, chunk, c)``; ``planar`` stores
+    them as ``(c, chunk, chunk)`` (Zarr v2).
+
+    With zstd and an ``out`` buffer (``bound`` bytes), chunks are encoded straight into it and
+    the shard is a view of ``out``: no per-chunk allocation, no second copy. ``lanes`` lets
+    several threads encode at once: lane ``k`` (``add(..., lane=k)``, one thread at a time) gets
+    its own part of ``out``, sized for ``lanes[k]`` chunks, and ``shard()`` moves each lane's
+    bytes down behind the previous lane's. Without ``out`` (other codecs), ``add`` keeps each
+    encoded chunk apart and may be called from any thread.
     """
 
     def __init__(
@@ -386,46 +392,72 @@ class RegionEncoder:
         codec: ChunkCodec,
         out: NDArray[np.uint8] | None = None,
         planar: bool = False,
+        lanes: Sequence[int] | None = None,
     ):
         self._plan, self._codec, self._planar = plan, codec, planar
         self._out = out if codec.name == "zstd" else None
         self._encode = codec.encoder()
-        self._offset = 0
-        self._placed: dict[tuple[int, int], tuple[int, int]] = {}  # in out: offset, length
+        self._lanes = list(lanes) if lanes else None
+        capacity = self._out.nbytes if self._out is not None else 0
+        per_chunk = _zstd_bound(_chunk_bytes(plan))
+        sizes = [count * per_chunk for count in self._lanes] if self._lanes else [capacity]
+        self._starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        self._offsets = list(self._starts)  # each lane's next free byte in out
+        self._ends = [start + size for start, size in zip(self._starts, sizes, strict=True)]
+        if self._out is not None and self._ends[-1] > capacity:
+            raise ValueError(f"RegionEncoder out of {capacity} bytes is too small for its lanes")
+        self._placed: dict[tuple[int, int], tuple[int, int, int]] = {}  # lane, offset, length
         self._pieces: dict[tuple[int, int], bytes] = {}
+        self._packed = False
 
     @staticmethod
-    def bound(plan: PyramidPlan, chunks: int, chunk_bytes: int) -> int:
-        """The ``out`` size that holds ``chunks`` encoded chunks of ``chunk_bytes`` and the index."""
+    def bound(plan: PyramidPlan, chunks: int) -> int:
+        """The ``out`` size that holds ``chunks`` encoded chunks of ``plan`` and the index."""
         per_side = plan.shard // plan.chunk
-        return chunks * _zstd_bound(chunk_bytes) + per_side * per_side * 16 + 4
+        return chunks * _zstd_bound(_chunk_bytes(plan)) + per_side * per_side * 16 + 4
 
-    def add(self, cy: int, cx: int, chunk: Pixels) -> None:
+    @staticmethod
+    def split(chunks: int, lanes: int) -> list[int]:
+        """``chunks`` cut into at most ``lanes`` near-equal, non-empty, contiguous counts."""
+        count = max(1, min(lanes, chunks))
+        return [chunks * (k + 1) // count - chunks * k // count for k in range(count)]
+
+    def add(self, cy: int, cx: int, chunk: Pixels, lane: int = 0) -> None:
         """Encode one chunk, ``(chunk, chunk, c)`` in any byte order, at grid position
-        ``(cy, cx)``."""
+        ``(cy, cx)``, into ``lane``."""
         if self._planar:
             chunk = np.ascontiguousarray(chunk.transpose(2, 0, 1))
         if self._out is None:
             self._pieces[cy, cx] = self._encode(chunk)
             return
         data = cast(Any, _little_endian(chunk))
-        space = self._out.nbytes - self._offset - _zstd_bound(chunk.nbytes)
-        if space < 0:
+        offset = self._offsets[lane]
+        if self._ends[lane] - offset < _zstd_bound(chunk.nbytes):
             raise ValueError(f"RegionEncoder out of {self._out.nbytes} bytes is too small")
-        target = cast(Any, self._out[self._offset :])
+        target = cast(Any, self._out[offset : self._ends[lane]])
         written = len(imagecodecs.zstd_encode(data, level=self._codec.level, out=target))
-        self._placed[cy, cx] = (self._offset, written)
-        self._offset += written
+        self._placed[cy, cx] = (lane, offset, written)
+        self._offsets[lane] = offset + written
 
     def add_region(self, chunks: Pixels, pool: Executor | None = None) -> None:
-        """Encode every chunk of a chunk-major region, on ``pool`` if given (then without
-        ``out``)."""
+        """Encode every chunk of a chunk-major region in raster order: lane ``k`` takes the
+        next ``lanes[k]`` chunks, each lane on ``pool`` if given."""
         positions = [(cy, cx) for cy in range(chunks.shape[0]) for cx in range(chunks.shape[1])]
+        if self._out is None:  # encoded apart: any chunk on any thread
+            groups = [[(0, at)] for at in positions]
+        else:
+            counts = self._lanes or [len(positions)]
+            edges = [0, *itertools.accumulate(counts)]
+            groups = [
+                [(lane, at) for at in positions[a:b]]
+                for lane, (a, b) in enumerate(itertools.pairwise(edges))
+            ]
 
-        def add(at: tuple[int, int]) -> None:
-            self.add(at[0], at[1], chunks[at])
+        def add(group: list[tuple[int, tuple[int, int]]]) -> None:
+            for lane, (cy, cx) in group:
+                self.add(cy, cx, chunks[cy, cx], lane)
 
-        for _ in pool.map(add, positions) if pool else map(add, positions):
+        for _ in pool.map(add, groups) if pool else map(add, groups):
             pass
 
     def add_encoded(self, cy: int, cx: int, data: bytes) -> None:
@@ -441,9 +473,9 @@ class RegionEncoder:
         tail = per_side * per_side * 16 + 4
         index = np.full((per_side, per_side, 2), EMPTY_CHUNK, dtype="<u8")
         if self._out is not None:
-            shard, size = self._out, self._offset
-            for (cy, cx), place in self._placed.items():
-                index[cy, cx] = place
+            shard, size = self._out, self._pack()
+            for (cy, cx), (_, offset, length) in self._placed.items():
+                index[cy, cx] = (offset, length)
         else:
             size = sum(len(piece) for piece in self._pieces.values())
             shard, size = np.empty(size + tail, np.uint8), 0
@@ -458,13 +490,33 @@ class RegionEncoder:
         shard[size : size + tail] = np.frombuffer(index_bytes + checksum, np.uint8)
         return shard[: size + tail]
 
+    def _pack(self) -> int:
+        """Move every lane's bytes down behind the previous lane's (once); returns the end."""
+        assert self._out is not None
+        if not self._packed:
+            end = self._offsets[0]
+            for lane in range(1, len(self._starts)):
+                start, used = self._starts[lane], self._offsets[lane] - self._starts[lane]
+                self._out[end : end + used] = self._out[start : start + used]  # memmove: end<=start
+                self._offsets[lane] = end + used
+                for position, (placed_lane, offset, length) in self._placed.items():
+                    if placed_lane == lane:
+                        self._placed[position] = (lane, offset - start + end, length)
+                end += used
+            self._packed = True
+        return self._offsets[-1]
+
     def chunk_objects(self) -> dict[tuple[int, int], bytes]:
         if self._out is not None:
             return {
-                position: self._out[start : start + length].tobytes()
-                for position, (start, length) in self._placed.items()
+                position: self._out[offset : offset + length].tobytes()
+                for position, (_, offset, length) in self._placed.items()
             }
         return dict(self._pieces)
+
+
+def _chunk_bytes(plan: PyramidPlan) -> int:
+    return plan.samples * plan.chunk * plan.chunk * np.dtype(plan.dtype).itemsize
 
 
 def _zstd_bound(size: int) -> int:

@@ -214,30 +214,29 @@ def stream_region(
     quarters = BUFFERS.take("quarters", (down, across, half, half, samples), plan.dtype)
     bands = _bands(down, job.threads)
     copied = job.passthrough and level == 0
-    direct = job.codec.name == "zstd" and job.version == "0.5" and len(bands) == 1 and not copied
-    chunk_bytes = samples * size * size * np.dtype(plan.dtype).itemsize
     with contextlib.ExitStack() as stack:
         out = None
-        if direct:  # encoded straight into a reused buffer that becomes the shard
-            bound = RegionEncoder.bound(plan, down * across, chunk_bytes)
+        if _direct(job) and not copied:  # encoded straight into a reused buffer: the shard
+            bound = RegionEncoder.bound(plan, down * across)
             out = stack.enter_context(BUFFERS.borrow("shard", (bound,), np.uint8))
-        encoder = RegionEncoder(plan, job.codec, out, planar=job.version == "0.4")
+        lanes = [len(rows) * across for rows in bands]  # one per band: bands encode at once
+        encoder = RegionEncoder(plan, job.codec, out, job.version == "0.4", lanes)
 
-        def run_band(rows: range) -> None:
+        def run_band(lane: int, rows: range) -> None:
             fill = band_fill(rows)
             with BUFFERS.borrow("chunk", (1, 1, size, size, samples), plan.dtype) as chunk:
                 for cy in rows:
                     for cx in range(across):
                         stored = fill(cy, cx, chunk)
                         if stored is None:  # before the mean touches the padding
-                            encoder.add(cy, cx, chunk[0, 0])
+                            encoder.add(cy, cx, chunk[0, 0], lane)
                         else:
                             encoder.add_encoded(cy, cx, stored)
                         h, w = min(size, height - cy * size), min(size, width - cx * size)
                         downsample_mean(chunk, h, w, quarters[cy : cy + 1, cx : cx + 1])
 
         with _pool(len(bands)) as pool:
-            for _ in pool.map(run_band, bands) if pool else map(run_band, bands):
+            for _ in (pool.map if pool else map)(run_band, range(len(bands)), bands):
                 pass
         store_objects(job.target, job.pyramid_key, _objects(job, level, row, col, encoder))
     if level < plan.top:
@@ -245,6 +244,11 @@ def stream_region(
     write_levels_below_root(job, quarters)
     BUFFERS.give(quarters)
     return None
+
+
+def _direct(job: RegionJob) -> bool:
+    """Whether chunks are encoded straight into a shard buffer (zstd into Zarr v3 shards)."""
+    return job.codec.name == "zstd" and job.version == "0.5"
 
 
 def _bands(rows: int, threads: int) -> list[range]:
@@ -261,9 +265,16 @@ def write_levels_below_root(job: RegionJob, quarters: Pixels) -> None:
     with _pool(job.threads) as pool:
         for lower in range(plan.top + 1, plan.levels):
             chunks = assemble_quarters(plan, lower, 0, 0, [(0, 0, quarters)])
-            encoder = RegionEncoder(plan, job.codec, planar=job.version == "0.4")
-            encoder.add_region(chunks, pool)
-            store_objects(job.target, job.pyramid_key, _objects(job, lower, 0, 0, encoder))
+            count = chunks.shape[0] * chunks.shape[1]
+            with contextlib.ExitStack() as stack:
+                out, lanes = None, None
+                if _direct(job):  # one lane per thread, in one reused buffer
+                    bound = RegionEncoder.bound(plan, count)
+                    out = stack.enter_context(BUFFERS.borrow("shard", (bound,), np.uint8))
+                    lanes = RegionEncoder.split(count, job.threads)
+                encoder = RegionEncoder(plan, job.codec, out, job.version == "0.4", lanes)
+                encoder.add_region(chunks, pool)
+                store_objects(job.target, job.pyramid_key, _objects(job, lower, 0, 0, encoder))
             if lower + 1 < plan.levels:
                 quarters = downsample_mean(chunks, *plan.shapes[lower])
 

@@ -223,7 +223,7 @@ def test_mean_and_shard_into_given_buffers() -> None:
     assert downsample_mean(chunks.copy(), 64, 96, out) is out
     assert np.array_equal(out, downsample_mean(chunks.copy(), 64, 96))
     plan = PyramidPlan(((64, 96),), 3, "uint8", 32, 128)
-    scratch = np.empty(RegionEncoder.bound(plan, 6, chunks[0, 0].nbytes), np.uint8)
+    scratch = np.empty(RegionEncoder.bound(plan, 6), np.uint8)
     direct = RegionEncoder(plan, ChunkCodec(), out=scratch)
     direct.add_region(chunks)
     shard = direct.shard()
@@ -234,6 +234,30 @@ def test_mean_and_shard_into_given_buffers() -> None:
     assert np.array_equal(shard, pieces.shard())
     with pytest.raises(ValueError, match="too small"):
         RegionEncoder(plan, ChunkCodec(), out=scratch[:100]).add_region(chunks)
+
+
+@pytest.mark.parametrize("lanes", [[1, 1, 1, 1, 1, 1], [4, 2], [1, 3, 2]])
+def test_lanes_encode_at_once_into_one_buffer(lanes: list[int]) -> None:
+    """Threads encode their lanes into their own parts of one buffer; the shard comes out the
+    same as chunks encoded one by one, and is a view of that buffer."""
+    image = np.random.default_rng(4).integers(0, 256, (3, 64, 96), dtype=np.uint8)
+    chunks = chunks_from_planar(image, 32)
+    plan = PyramidPlan(((64, 96),), 3, "uint8", 32, 128)
+    expected = RegionEncoder(plan, ChunkCodec())
+    expected.add_region(chunks)
+    scratch = np.full(RegionEncoder.bound(plan, 6), 7, np.uint8)  # dirty, as a reused buffer
+    with ThreadPoolExecutor(len(lanes)) as pool:
+        laned = RegionEncoder(plan, ChunkCodec(), out=scratch, lanes=lanes)
+        laned.add_region(chunks, pool)
+    shard = laned.shard()
+    assert np.shares_memory(shard, scratch)
+    assert np.array_equal(shard, expected.shard())
+    assert np.array_equal(laned.shard(), shard), "packed once"
+    assert laned.chunk_objects() == expected.chunk_objects()
+    assert RegionEncoder.split(6, len(lanes)) == [6 // len(lanes)] * len(lanes)
+    assert RegionEncoder.split(5, 2) == [2, 3] and RegionEncoder.split(1, 4) == [1]
+    with pytest.raises(ValueError, match="too small"):
+        RegionEncoder(plan, ChunkCodec(), out=scratch, lanes=[4, 3])
 
 
 @pytest.mark.parametrize("side", [256, 200])
