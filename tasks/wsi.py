@@ -17,6 +17,7 @@ source's SHA-256 (for the record) is computed while the regions are converted.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -155,10 +156,11 @@ def convert_slide(
         log.info("%s is current, skipped", target.url_of(pyramid_key))
         return _skipped(source_key, pyramid_key, record, started)
     work = _describe(source, source_key, info, sha, target, pyramid_key, options, started)
-    if _runs_here(work, options):
-        return _convert(None, work, options, progress)
-    with conversion_cluster(options) as client:
-        return _convert(client, work, options, progress)
+    with _older_objects_left_to_gc_later():
+        if _runs_here(work, options):
+            return _convert(None, work, options, progress)
+        with conversion_cluster(options) as client:
+            return _convert(client, work, options, progress)
 
 
 def convert_pending_slides(research: Store, options: ConvertOptions) -> list[ConversionResult]:
@@ -179,13 +181,14 @@ def convert_pending_slides(research: Store, options: ConvertOptions) -> list[Con
         else:
             work = _describe(research, info.key, info, sha, research, pyramid_key, options, started)
             pending.append(work)
-    results += [
-        _convert(None, work, options, None) for work in pending if _runs_here(work, options)
-    ]
-    clustered = [work for work in pending if not _runs_here(work, options)]
-    if clustered:
-        with conversion_cluster(options) as client:
-            results += [_convert(client, work, options, None) for work in clustered]
+    with _older_objects_left_to_gc_later():
+        results += [
+            _convert(None, work, options, None) for work in pending if _runs_here(work, options)
+        ]
+        clustered = [work for work in pending if not _runs_here(work, options)]
+        if clustered:
+            with conversion_cluster(options) as client:
+                results += [_convert(client, work, options, None) for work in clustered]
     return sorted(results, key=lambda result: result.source_key)
 
 
@@ -225,6 +228,23 @@ def conversion_cluster(options: ConvertOptions) -> Iterator[Client]:
             for worker in client.scheduler_info()["workers"]:
                 fire_and_forget(client.submit(_load_region_code, workers=[worker], pure=False))
         yield client
+
+
+@contextlib.contextmanager
+def _older_objects_left_to_gc_later() -> Iterator[None]:
+    """Keep the objects that exist before a conversion out of the cyclic garbage collector's
+    passes until it ends (``gc.freeze``, then ``gc.unfreeze``: nothing is lost, it is only
+    examined later).
+
+    A process that has imported Dask and zarr holds about 90,000 objects. A full collection
+    walks all of them, and one often falls inside a conversion: measured, it added 25-30 ms
+    to the 70 ms conversion of a 20 MB slide, and about 1% to a 1 GB one.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _load_region_code() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -113,14 +114,16 @@ def test_real_slide_to_ngff_05(tmp_path: Path) -> None:
     slide = real_slide()
     source, target = open_store(slide.parent), open_store(tmp_path / "research")
     seen: list[tuple[int, int]] = []
+    frozen: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        seen.append((done, total))
+        frozen.append(gc.get_freeze_count())
+
     result = convert_slide(
-        source,
-        slide.name,
-        target,
-        "pyramids/cmu.ome.zarr",
-        ConvertOptions(),
-        lambda d, t: seen.append((d, t)),
+        source, slide.name, target, "pyramids/cmu.ome.zarr", ConvertOptions(), progress
     )
+    assert min(frozen) > 0 and gc.get_freeze_count() == 0, "older objects frozen only meanwhile"
     assert not result.skipped and result.levels == 3 and result.shape == (2967, 2220)
     assert result.mpp == pytest.approx(0.499) and result.bytes_raw == 3 * 2967 * 2220
     assert seen[-1] == (len(seen), len(seen))
