@@ -299,7 +299,7 @@ def target_checks(result: dict[str, Any]) -> list[str]:
     for name in ("mira_vs_floor", "mira_vs_ome_zarr"):
         if name in result["ratios"]:
             value, target = result["ratios"][name], TARGETS[name]
-            checks.append(f"{name} {value:.2f} {'>=' if value >= target else '<'} {target}")
+            checks.append(f"{name} {value:.3f} {'>=' if value >= target else '<'} {target}")
     peak, limit = result["cases"]["mira"]["peak_tree_rss_mb"], TARGETS["peak_rss_mb"]
     checks.append(f"peak RSS {peak:,.0f} MB {'<' if peak < limit else '>='} {limit}")
     return checks
