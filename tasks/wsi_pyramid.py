@@ -279,7 +279,7 @@ def downsample_mean(chunks: Pixels, height: int, width: int, out: Pixels | None 
     """2x2 mean of a chunk-major region whose valid size is ``height x width``, rounded half up.
 
     Returns each chunk halved in place of the chunk, ``(down, across, chunk/2, chunk/2, c)``
-    ("quarters"), which ``assemble_quarters`` re-chunks for the next level. Odd edges: a last odd
+    ("quarters"), which ``assemble_chunk`` re-chunks for the next level. Odd edges: a last odd
     row (column) is first copied into the padding beside it, so the last output row (column) is
     the mean of the one or two pixels that exist, not darkened by the padding; output beyond
     ``ceil(height/2) x ceil(width/2)`` stays 0. Interior regions are even-sized, so region-wise
@@ -321,27 +321,6 @@ def _mean_wide(blocks: Pixels) -> Pixels:
     return ((total + 2) // 4).astype(blocks.dtype)
 
 
-def assemble_quarters(
-    plan: PyramidPlan, level: int, row: int, col: int, children: list[tuple[int, int, Pixels]]
-) -> Pixels:
-    """A chunk-major region of ``level`` from its children's quarters ``(child_row, child_col,
-    quarters)``: each quarter lands in one quadrant of one chunk."""
-    region = np.zeros(region_shape(plan, level, row, col), plan.dtype)
-    size, half, half_shard = plan.chunk, plan.chunk // 2, plan.shard // 2
-    down, across = region.shape[:2]
-    for child_row, child_col, quarters in children:
-        top, left = (child_row - 2 * row) * half_shard, (child_col - 2 * col) * half_shard
-        for qy in range(quarters.shape[0]):
-            cy, oy = divmod(top + qy * half, size)
-            if cy >= down:
-                continue
-            for qx in range(quarters.shape[1]):
-                cx, ox = divmod(left + qx * half, size)
-                if cx < across:
-                    region[cy, cx, oy : oy + half, ox : ox + half] = quarters[qy, qx]
-    return region
-
-
 def assemble_chunk(
     plan: PyramidPlan,
     level: int,
@@ -354,7 +333,7 @@ def assemble_chunk(
 ) -> None:
     """Chunk ``(cy, cx)`` of a region of ``level``, ``(chunk, chunk, c)``, from its children's
     quarters by child ``(row, col)``: each of its four quadrants is one quarter block, or 0 where
-    no child covers it. The same pixels as ``assemble_quarters``, one chunk at a time."""
+    no child covers it."""
     size, half, half_shard = plan.chunk, plan.chunk // 2, plan.shard // 2
     for sy in (0, 1):
         y = cy * size + sy * half  # in the region

@@ -36,7 +36,6 @@ from tasks.wsi_pyramid import (
     PyramidPlan,
     RegionEncoder,
     assemble_chunk,
-    assemble_quarters,
     chunks_from_planar,
     downsample_mean,
     region_shape,
@@ -202,16 +201,19 @@ def stream_region(
 ) -> Pixels | None:
     """Produce one region chunk by chunk: fill each chunk, encode it, take its 2x2 mean, so a
     chunk is read back from the cache, not from memory, and no region-sized buffer exists. Then
-    store the region and hand its quarters to the parent; at the root, write the smaller levels.
+    store the region and return its quarters for the next level (None at the last level); the
+    root writes the levels below it itself and returns None.
 
-    With ``job.threads`` > 1 (a slide of one region, converted in this process), the rows of
-    chunks are cut into one band per thread.
+    With ``job.threads`` > 1 (a one-region slide converted in this process, the root and the
+    levels below it), the rows of chunks are cut into one band per thread.
     """
     plan = job.plan
     _, _, height, width = plan.region(level, row, col)
     down, across, size, _, samples = region_shape(plan, level, row, col)
     half = size // 2
-    quarters = BUFFERS.take("quarters", (down, across, half, half, samples), plan.dtype)
+    quarters = None
+    if level + 1 < plan.levels:  # the means make the next level
+        quarters = BUFFERS.take("quarters", (down, across, half, half, samples), plan.dtype)
     bands = _bands(down, job.threads)
     copied = job.passthrough and level == 0
     with contextlib.ExitStack() as stack:
@@ -232,17 +234,18 @@ def stream_region(
                             encoder.add(cy, cx, chunk[0, 0], lane)
                         else:
                             encoder.add_encoded(cy, cx, stored)
-                        h, w = min(size, height - cy * size), min(size, width - cx * size)
-                        downsample_mean(chunk, h, w, quarters[cy : cy + 1, cx : cx + 1])
+                        if quarters is not None:
+                            h, w = min(size, height - cy * size), min(size, width - cx * size)
+                            downsample_mean(chunk, h, w, quarters[cy : cy + 1, cx : cx + 1])
 
         with _pool(len(bands)) as pool:
             for _ in (pool.map if pool else map)(run_band, range(len(bands)), bands):
                 pass
         store_objects(job.target, job.pyramid_key, _objects(job, level, row, col, encoder))
-    if level < plan.top:
+    if level != plan.top:
         return quarters
-    write_levels_below_root(job, quarters)
-    BUFFERS.give(quarters)
+    if quarters is not None:
+        write_levels_below_root(job, quarters)
     return None
 
 
@@ -259,24 +262,14 @@ def _bands(rows: int, threads: int) -> list[range]:
 
 
 def write_levels_below_root(job: RegionJob, quarters: Pixels) -> None:
-    """The root region's quarters make the next level, and so on: each smaller level is one
-    shard, written whole."""
-    plan = job.plan
-    with _pool(job.threads) as pool:
-        for lower in range(plan.top + 1, plan.levels):
-            chunks = assemble_quarters(plan, lower, 0, 0, [(0, 0, quarters)])
-            count = chunks.shape[0] * chunks.shape[1]
-            with contextlib.ExitStack() as stack:
-                out, lanes = None, None
-                if _direct(job):  # one lane per thread, in one reused buffer
-                    bound = RegionEncoder.bound(plan, count)
-                    out = stack.enter_context(BUFFERS.borrow("shard", (bound,), np.uint8))
-                    lanes = RegionEncoder.split(count, job.threads)
-                encoder = RegionEncoder(plan, job.codec, out, job.version == "0.4", lanes)
-                encoder.add_region(chunks, pool)
-                store_objects(job.target, job.pyramid_key, _objects(job, lower, 0, 0, encoder))
-            if lower + 1 < plan.levels:
-                quarters = downsample_mean(chunks, *plan.shapes[lower])
+    """The root region's quarters make the next level, and so on down. Each smaller level is
+    one region whose only child is the region above it, written like any combined region:
+    chunk by chunk, in bands on every thread."""
+    level: int = job.plan.top + 1
+    below: Pixels | None = quarters
+    while below is not None:
+        below = combine_regions(job, level, 0, 0, below)
+        level += 1
 
 
 def _objects(

@@ -24,10 +24,10 @@ from tasks.wsi_pyramid import (
     PyramidPlan,
     RegionEncoder,
     assemble_chunk,
-    assemble_quarters,
     chunks_from_planar,
     downsample_mean,
     planar_from_chunks,
+    region_shape,
 )
 from tasks.wsi_regions import plan_region_tasks
 
@@ -43,6 +43,17 @@ def reference_mean(image: np.ndarray) -> np.ndarray:
         + padded[:, 1::2, 1::2]
     )
     return ((total + 2) // 4).astype(image.dtype)
+
+
+def assembled(
+    plan: PyramidPlan, level: int, row: int, col: int, children: dict[tuple[int, int], np.ndarray]
+) -> np.ndarray:
+    """A whole region of ``level`` from its children's quarters, chunk by chunk."""
+    region = np.full(region_shape(plan, level, row, col), 255, plan.dtype)  # dirty, as reused
+    for cy in range(region.shape[0]):
+        for cx in range(region.shape[1]):
+            assemble_chunk(plan, level, row, col, children, cy, cx, region[cy, cx])
+    return region
 
 
 def test_levels_stop_at_min_side() -> None:
@@ -85,7 +96,7 @@ def test_chunked_mean_equals_reference(
     quarters = downsample_mean(chunks, height, width)
     half = ((height + 1) // 2, (width + 1) // 2)
     plan = PyramidPlan((half,), samples, dtype, chunk, 16 * chunk)  # one shard holds the level
-    merged = assemble_quarters(plan, 0, 0, 0, [(0, 0, quarters)])
+    merged = assembled(plan, 0, 0, 0, {(0, 0): quarters})
     assert np.array_equal(planar_from_chunks(merged, *half), reference_mean(image))
     beyond = merged.copy()
     beyond_planar = beyond.transpose(4, 0, 2, 1, 3).reshape(samples, merged.shape[0] * chunk, -1)
@@ -97,7 +108,7 @@ def test_mean_of_uint16_and_of_constant_regions() -> None:
     image = np.random.default_rng(1).integers(0, 65536, (1, 33, 47), dtype=np.uint16)
     quarters = downsample_mean(chunks_from_planar(image, 16), 33, 47)
     plan = PyramidPlan(((17, 24),), 1, "uint16", 16, 64)
-    merged = assemble_quarters(plan, 0, 0, 0, [(0, 0, quarters)])
+    merged = assembled(plan, 0, 0, 0, {(0, 0): quarters})
     assert np.array_equal(planar_from_chunks(merged, 17, 24), reference_mean(image))
     flat = np.full((3, 31, 31), 201, np.uint8)
     assert (downsample_mean(chunks_from_planar(flat, 16), 31, 31)[0, 0] == 201).all()
@@ -261,17 +272,21 @@ def test_lanes_encode_at_once_into_one_buffer(lanes: list[int]) -> None:
 
 
 @pytest.mark.parametrize("side", [256, 200])
-def test_chunk_by_chunk_assembly_equals_the_whole_region(side: int) -> None:
+def test_chunks_assemble_the_childrens_quarters_in_place(side: int) -> None:
+    """A region of level 2 made chunk by chunk from its four children's means is their planar
+    means side by side, and 0 beyond."""
     plan = PyramidPlan.for_slide(2 * side, 2 * side, 3, "uint8", 32, 128, 16)
     rng = np.random.default_rng(side)
     children = {}
+    _, _, height, width = plan.region(2, 0, 0)
+    expected = np.zeros((3, height, width), np.uint8)
     for r, c in plan.children(2, 0, 0):
-        _, _, h, w = plan.region(1, r, c)
-        chunks = chunks_from_planar(rng.integers(0, 256, (3, h, w), dtype=np.uint8), 32)
-        children[r, c] = downsample_mean(chunks, h, w)
-    whole = assemble_quarters(plan, 2, 0, 0, [(r, c, q) for (r, c), q in children.items()])
-    chunk = np.full((32, 32, 3), 255, np.uint8)
-    for cy in range(whole.shape[0]):
-        for cx in range(whole.shape[1]):
-            assemble_chunk(plan, 2, 0, 0, children, cy, cx, chunk)
-            assert np.array_equal(chunk, whole[cy, cx])
+        y0, x0, h, w = plan.region(1, r, c)
+        image = rng.integers(0, 256, (3, h, w), dtype=np.uint8)
+        children[r, c] = downsample_mean(chunks_from_planar(image, 32), h, w)
+        top, left = y0 // 2, x0 // 2
+        expected[:, top : top + (h + 1) // 2, left : left + (w + 1) // 2] = reference_mean(image)
+    region = assembled(plan, 2, 0, 0, children)
+    assert np.array_equal(planar_from_chunks(region, height, width), expected)
+    padded = region.transpose(4, 0, 2, 1, 3).reshape(3, region.shape[0] * 32, -1)
+    assert not padded[:, height:].any() and not padded[:, :, width:].any(), "0 beyond the level"
