@@ -5,7 +5,7 @@ and writes that whole shard (whole-shard writes: no read-modify-write); a task a
 assembles its four children's downsampled results and writes its own shard. Each hands its region
 downsampled once (a quarter of its size) to its parent, so no task holds more than its region,
 its children's quarters and the encoded shard. The root (the first level that fits one shard)
-also writes every smaller level, in one final pass.
+also writes every smaller level, each as a region whose only child is the level above it.
 
 The same task list runs on Dask (one task per region, ``run_region_task``) or, for a slide that
 is a single region, in the calling process.
