@@ -113,6 +113,18 @@ class S3Store(Store):
 
         return open_file()
 
+    def read_bytes(self, key: str, version_id: str | None = None) -> bytes:
+        """The whole object in one GET, so one version: a read through ``open_read`` fetches it in
+        blocks, and fails (s3fs ``FileExpired``) when the object is replaced between two."""
+        path = f"{self.bucket}/{self._key(key)}"
+
+        @with_retries
+        def fetch() -> bytes:
+            with translate_errors(self.url_of(key)):
+                return bytes(self.fs.cat_file(path, version_id=version_id))
+
+        return fetch()
+
     def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
         wanted = [(offset, size) for offset, size in ranges if size > 0]  # S3 has no empty range
         if not wanted:
