@@ -156,11 +156,10 @@ def convert_slide(
         log.info("%s is current, skipped", target.url_of(pyramid_key))
         return _skipped(source_key, pyramid_key, record, started)
     work = _describe(source, source_key, info, sha, target, pyramid_key, options, started)
-    with _older_objects_left_to_gc_later():
-        if _runs_here(work, options):
-            return _convert(None, work, options, progress)
-        with conversion_cluster(options) as client:
-            return _convert(client, work, options, progress)
+    if _runs_here(work, options):
+        return _convert(None, work, options, progress)
+    with conversion_cluster(options) as client:
+        return _convert(client, work, options, progress)
 
 
 def convert_pending_slides(research: Store, options: ConvertOptions) -> list[ConversionResult]:
@@ -181,14 +180,13 @@ def convert_pending_slides(research: Store, options: ConvertOptions) -> list[Con
         else:
             work = _describe(research, info.key, info, sha, research, pyramid_key, options, started)
             pending.append(work)
-    with _older_objects_left_to_gc_later():
-        results += [
-            _convert(None, work, options, None) for work in pending if _runs_here(work, options)
-        ]
-        clustered = [work for work in pending if not _runs_here(work, options)]
-        if clustered:
-            with conversion_cluster(options) as client:
-                results += [_convert(client, work, options, None) for work in clustered]
+    results += [
+        _convert(None, work, options, None) for work in pending if _runs_here(work, options)
+    ]
+    clustered = [work for work in pending if not _runs_here(work, options)]
+    if clustered:
+        with conversion_cluster(options) as client:
+            results += [_convert(client, work, options, None) for work in clustered]
     return sorted(results, key=lambda result: result.source_key)
 
 
@@ -337,7 +335,10 @@ def _convert(
         passthrough=options.passthrough,
         source_etag=work.info.etag,
     )
-    with ThreadPoolExecutor(1, thread_name_prefix="mira-wsi-sha256") as hasher:
+    with (
+        _older_objects_left_to_gc_later(),
+        ThreadPoolExecutor(1, thread_name_prefix="mira-wsi-sha256") as hasher,
+    ):
         hashing = hasher.submit(work.source.sha256, work.source_key) if not work.sha256 else None
         fingerprint = run_fingerprint(_source_identity(work), options.settings())
         tasks = plan_region_tasks(

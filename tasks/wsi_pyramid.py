@@ -15,12 +15,10 @@ every v3 reader applies it. Zarr v2 has no such codec, so its chunks are transpo
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -376,10 +374,9 @@ class RegionEncoder:
         self._plan, self._codec, self._planar = plan, codec, planar
         self._out = out if codec.name == "zstd" else None
         self._encode = codec.encoder()
-        self._lanes = list(lanes) if lanes else None
         capacity = self._out.nbytes if self._out is not None else 0
         per_chunk = _zstd_bound(_chunk_bytes(plan))
-        sizes = [count * per_chunk for count in self._lanes] if self._lanes else [capacity]
+        sizes = [count * per_chunk for count in lanes] if lanes else [capacity]
         self._starts = [sum(sizes[:k]) for k in range(len(sizes))]
         self._offsets = list(self._starts)  # each lane's next free byte in out
         self._ends = [start + size for start, size in zip(self._starts, sizes, strict=True)]
@@ -394,12 +391,6 @@ class RegionEncoder:
         """The ``out`` size that holds ``chunks`` encoded chunks of ``plan`` and the index."""
         per_side = plan.shard // plan.chunk
         return chunks * _zstd_bound(_chunk_bytes(plan)) + per_side * per_side * 16 + 4
-
-    @staticmethod
-    def split(chunks: int, lanes: int) -> list[int]:
-        """``chunks`` cut into at most ``lanes`` near-equal, non-empty, contiguous counts."""
-        count = max(1, min(lanes, chunks))
-        return [chunks * (k + 1) // count - chunks * k // count for k in range(count)]
 
     def add(self, cy: int, cx: int, chunk: Pixels, lane: int = 0) -> None:
         """Encode one chunk, ``(chunk, chunk, c)`` in any byte order, at grid position
@@ -417,27 +408,6 @@ class RegionEncoder:
         written = len(imagecodecs.zstd_encode(data, level=self._codec.level, out=target))
         self._placed[cy, cx] = (lane, offset, written)
         self._offsets[lane] = offset + written
-
-    def add_region(self, chunks: Pixels, pool: Executor | None = None) -> None:
-        """Encode every chunk of a chunk-major region in raster order: lane ``k`` takes the
-        next ``lanes[k]`` chunks, each lane on ``pool`` if given."""
-        positions = [(cy, cx) for cy in range(chunks.shape[0]) for cx in range(chunks.shape[1])]
-        if self._out is None:  # encoded apart: any chunk on any thread
-            groups = [[(0, at)] for at in positions]
-        else:
-            counts = self._lanes or [len(positions)]
-            edges = [0, *itertools.accumulate(counts)]
-            groups = [
-                [(lane, at) for at in positions[a:b]]
-                for lane, (a, b) in enumerate(itertools.pairwise(edges))
-            ]
-
-        def add(group: list[tuple[int, tuple[int, int]]]) -> None:
-            for lane, (cy, cx) in group:
-                self.add(cy, cx, chunks[cy, cx], lane)
-
-        for _ in pool.map(add, groups) if pool else map(add, groups):
-            pass
 
     def add_encoded(self, cy: int, cx: int, data: bytes) -> None:
         """Store bytes already in the array's codec (a copied JPEG tile) at ``(cy, cx)``; empty

@@ -216,9 +216,10 @@ def stream_region(
         quarters = BUFFERS.take("quarters", (down, across, half, half, samples), plan.dtype)
     bands = _bands(down, job.threads)
     copied = job.passthrough and level == 0
+    direct = job.codec.name == "zstd" and job.version == "0.5" and not copied
     with contextlib.ExitStack() as stack:
         out = None
-        if _direct(job) and not copied:  # encoded straight into a reused buffer: the shard
+        if direct:  # encoded straight into a reused buffer that becomes the shard
             bound = RegionEncoder.bound(plan, down * across)
             out = stack.enter_context(BUFFERS.borrow("shard", (bound,), np.uint8))
         lanes = [len(rows) * across for rows in bands]  # one per band: bands encode at once
@@ -247,11 +248,6 @@ def stream_region(
     if quarters is not None:
         write_levels_below_root(job, quarters)
     return None
-
-
-def _direct(job: RegionJob) -> bool:
-    """Whether chunks are encoded straight into a shard buffer (zstd into Zarr v3 shards)."""
-    return job.codec.name == "zstd" and job.version == "0.5"
 
 
 def _bands(rows: int, threads: int) -> list[range]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -54,6 +55,25 @@ def assembled(
         for cx in range(region.shape[1]):
             assemble_chunk(plan, level, row, col, children, cy, cx, region[cy, cx])
     return region
+
+
+def encode_region(
+    encoder: RegionEncoder,
+    chunks: np.ndarray,
+    lanes: list[int] | None = None,
+    pool: ThreadPoolExecutor | None = None,
+) -> None:
+    """Every chunk of a chunk-major region in raster order: lane ``k`` takes the next
+    ``lanes[k]`` chunks (all in lane 0 by default), each lane on ``pool`` if given."""
+    positions = [(cy, cx) for cy in range(chunks.shape[0]) for cx in range(chunks.shape[1])]
+    edges = [0, *itertools.accumulate(lanes or [len(positions)])]
+
+    def add(lane: int) -> None:
+        for cy, cx in positions[edges[lane] : edges[lane + 1]]:
+            encoder.add(cy, cx, chunks[cy, cx], lane)
+
+    for _ in (pool.map if pool else map)(add, range(len(edges) - 1)):
+        pass
 
 
 def test_levels_stop_at_min_side() -> None:
@@ -144,7 +164,7 @@ def test_hand_written_shards_read_back_with_zarr(tmp_path: Path, name: str) -> N
             chunks = chunks_from_planar(image[:, y0 : y0 + h, x0 : x0 + w], 32)
             (key,) = region_keys(plan, "0.5", 0, row, col)
             encoder = RegionEncoder(plan, codec)
-            encoder.add_region(chunks)
+            encode_region(encoder, chunks)
             data = encoder.shard()
             sync(store.set(key.removeprefix("0/"), prototype.buffer.from_array_like(data)))
     assert np.array_equal(array[:], image)
@@ -165,7 +185,7 @@ def test_zarr_v2_chunk_objects_read_back(tmp_path: Path) -> None:
     image = np.random.default_rng(8).integers(0, 256, (3, 50, 70), dtype=np.uint8)
     prototype = default_buffer_prototype()
     encoder = RegionEncoder(PyramidPlan(((50, 70),), 3, "uint8", 32, 64), codec, planar=True)
-    encoder.add_region(chunks_from_planar(image, 32))
+    encode_region(encoder, chunks_from_planar(image, 32))
     for (cy, cx), data in encoder.chunk_objects().items():
         sync(store.set(f"0/{cy}/{cx}", prototype.buffer.from_bytes(data)))
     assert np.array_equal(array[:], image)
@@ -236,15 +256,15 @@ def test_mean_and_shard_into_given_buffers() -> None:
     plan = PyramidPlan(((64, 96),), 3, "uint8", 32, 128)
     scratch = np.empty(RegionEncoder.bound(plan, 6), np.uint8)
     direct = RegionEncoder(plan, ChunkCodec(), out=scratch)
-    direct.add_region(chunks)
+    encode_region(direct, chunks)
     shard = direct.shard()
     assert np.shares_memory(shard, scratch)
     with ThreadPoolExecutor(2) as pool:  # encoded apart, on threads, then joined
         pieces = RegionEncoder(plan, ChunkCodec())
-        pieces.add_region(chunks, pool)
+        encode_region(pieces, chunks, [1] * 6, pool)  # one chunk per lane: any thread adds
     assert np.array_equal(shard, pieces.shard())
     with pytest.raises(ValueError, match="too small"):
-        RegionEncoder(plan, ChunkCodec(), out=scratch[:100]).add_region(chunks)
+        encode_region(RegionEncoder(plan, ChunkCodec(), out=scratch[:100]), chunks)
 
 
 @pytest.mark.parametrize("lanes", [[1, 1, 1, 1, 1, 1], [4, 2], [1, 3, 2]])
@@ -255,18 +275,16 @@ def test_lanes_encode_at_once_into_one_buffer(lanes: list[int]) -> None:
     chunks = chunks_from_planar(image, 32)
     plan = PyramidPlan(((64, 96),), 3, "uint8", 32, 128)
     expected = RegionEncoder(plan, ChunkCodec())
-    expected.add_region(chunks)
+    encode_region(expected, chunks)
     scratch = np.full(RegionEncoder.bound(plan, 6), 7, np.uint8)  # dirty, as a reused buffer
     with ThreadPoolExecutor(len(lanes)) as pool:
         laned = RegionEncoder(plan, ChunkCodec(), out=scratch, lanes=lanes)
-        laned.add_region(chunks, pool)
+        encode_region(laned, chunks, lanes, pool)
     shard = laned.shard()
     assert np.shares_memory(shard, scratch)
     assert np.array_equal(shard, expected.shard())
     assert np.array_equal(laned.shard(), shard), "packed once"
     assert laned.chunk_objects() == expected.chunk_objects()
-    assert RegionEncoder.split(6, len(lanes)) == [6 // len(lanes)] * len(lanes)
-    assert RegionEncoder.split(5, 2) == [2, 3] and RegionEncoder.split(1, 4) == [1]
     with pytest.raises(ValueError, match="too small"):
         RegionEncoder(plan, ChunkCodec(), out=scratch, lanes=[4, 3])
 
