@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python -m benchmarks.bench_catalog [--objects N] [--threads T]``. Starts a
 throwaway SeaweedFS S3 server, writes N small objects and their N catalog rows (Parquet parts),
-then times catalog queries (``tasks.catalog.query``: parts read from the store + DuckDB) and a
+then times catalog queries (``tasks.dataset.catalog.query``: parts read from the store + DuckDB) and a
 full S3 LIST of the objects. Prints a table and writes ``benchmarks/results/bench_catalog.json``.
 Target: every catalog query under 100 ms.
 """
@@ -30,8 +30,8 @@ from rich.console import Console
 from rich.table import Table
 
 from storage import Store, open_store
-from storage.seaweedfs import SeaweedServer
-from tasks import catalog
+from tasks.dataset import catalog
+from tests.seaweedfs import SeaweedServer
 
 TARGET_MS = 100.0
 RESULTS = Path(__file__).parent / "results" / "bench_catalog.json"

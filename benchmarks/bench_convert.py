@@ -71,8 +71,8 @@ def floor_case(slide: Path, workers: int) -> dict[str, Any]:
     """Decode + encode every level-0 tile, nothing else (mira's own decoder and encoder)."""
     import tifffile
 
-    from tasks.wsi_pyramid import ChunkCodec
-    from tasks.wsi_source import full_resolution_page, segment_decoder, slide_geometry
+    from tasks.wsi.pyramid import ChunkCodec
+    from tasks.wsi.source import full_resolution_page, segment_decoder, slide_geometry
 
     encode = ChunkCodec("zstd", 1).encoder()
     with tifffile.TiffFile(slide) as tif:
@@ -102,7 +102,7 @@ def mira_case(
     slide: Path, out: Path, workers: int, warm: bool, codec: str = "zstd"
 ) -> dict[str, Any]:
     from storage import open_store
-    from tasks.wsi import ConvertOptions, conversion_cluster, convert_slide
+    from tasks.wsi.convert import ConvertOptions, conversion_cluster, convert_slide
 
     source, target = open_store(slide.parent), open_store(out)
     options = ConvertOptions(workers=workers, codec=codec)
@@ -116,7 +116,7 @@ def mira_case(
             "bytes_raw": result.bytes_raw,
         }
     with conversion_cluster(options) as client:
-        client.run(lambda: __import__("tasks.wsi_regions"))  # imports done, as on a running cluster
+        client.run(lambda: __import__("tasks.wsi.regions"))  # imports done, as on a running cluster
         warm_options = ConvertOptions(
             workers=workers, dask_address=client.scheduler_info()["address"]
         )
@@ -136,7 +136,7 @@ def ome_zarr_case(slide: Path, out: Path, workers: int) -> dict[str, Any]:
     from ome_zarr.writer import write_image
     from zarr.codecs import ZstdCodec
 
-    from tasks.wsi_pyramid import PyramidPlan
+    from tasks.wsi.pyramid import PyramidPlan
 
     cpu, started = tree_cpu_seconds(), time.perf_counter()
     with tifffile.TiffFile(slide) as tif, dask.config.set(scheduler="threads", num_workers=workers):

@@ -32,7 +32,7 @@ CORPUS: list[bytes] = []
 
 def load_corpus(files: int) -> list[bytes]:
     """Sample-data DICOM plus pydicom's bundled files that both tools can process, cycled."""
-    from tasks.sample_data import generate_sample_data
+    from tasks.sample.generate import generate_sample_data
 
     blobs: list[bytes] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,7 +29,7 @@ SECRET = "benchmark-only-secret-0123456789abcdef"
 
 def prepare(root: Path, patients: int) -> Path:
     """A drop zone holding only the radiology batch."""
-    from tasks.sample_data import generate_sample_data
+    from tasks.sample.generate import generate_sample_data
 
     sample = root / "sample"
     generate_sample_data(sample, patients=patients, slides=0)
@@ -49,13 +49,13 @@ def fresh_stores(root: Path, name: str, dropzone: Path) -> tuple[str, str]:
 def plain_loop(gateway_url: str, research_url: str) -> None:
     """The stage functions the flows call, called directly, in the pipeline's order."""
     from storage import open_store
+    from tasks.dataset.snapshot import create_snapshot
+    from tasks.dataset.split import split_dataset
     from tasks.deid import DeidPolicy
-    from tasks.deidentify import deidentify_batch
-    from tasks.ingest import ingest_batch
-    from tasks.quality import assess_batch
-    from tasks.snapshot import create_snapshot
-    from tasks.split import split_dataset
-    from tasks.wsi import ConvertOptions, convert_pending_slides
+    from tasks.deid.stage import deidentify_batch
+    from tasks.ingest.stage import ingest_batch
+    from tasks.quality.stage import assess_batch
+    from tasks.wsi.convert import ConvertOptions, convert_pending_slides
 
     gateway, research = open_store(gateway_url), open_store(research_url)
     ingest_batch(gateway, BATCH)

@@ -23,8 +23,9 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
-from tasks.snapshot import build_manifest
-from tasks.snapshot_reader import diff_manifests, manifest_bytes, top_hash
+from tasks.dataset.manifest import manifest_bytes, top_hash
+from tasks.dataset.snapshot import build_manifest
+from tasks.dataset.verify import diff_manifests
 
 T = TypeVar("T")
 TARGET_SECONDS = 10.0

@@ -37,8 +37,8 @@ from rich.table import Table
 
 from benchmarks.slides import generated_slide
 from storage import Store, open_store
-from storage.seaweedfs import SeaweedServer
-from tasks.wsi import ConvertOptions, convert_slide
+from tasks.wsi.convert import ConvertOptions, convert_slide
+from tests.seaweedfs import SeaweedServer
 
 RESULTS = Path(__file__).parent / "results"
 TILE = 256

@@ -12,7 +12,7 @@ from flows.params import StoreParams
 from flows.retry import RETRY_POLICY
 from mira.settings import Settings
 from storage import open_store
-from tasks import catalog
+from tasks.dataset import write_part
 from tasks.wsi import ConversionResult, ConvertOptions, convert_pending_slides
 
 
@@ -46,7 +46,7 @@ def convert_pending_task(settings: Settings, params: ConvertParams) -> list[Conv
     results = convert_pending_slides(research, options)
     for result in results:
         slide_id = result.source_key.rsplit("/", 1)[-1].removesuffix(".tiff")
-        catalog.write_part(research, "pyramids", slide_id, [pyramid_row(result)])
+        write_part(research, "pyramids", slide_id, [pyramid_row(result)])
     return results
 
 

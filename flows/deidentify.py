@@ -11,8 +11,7 @@ from flows.params import StoreParams
 from flows.retry import RETRY_POLICY
 from mira.settings import Settings
 from storage import open_store
-from tasks.deid import DeidPolicy, load_policy
-from tasks.deidentify import DeidStageResult, deidentify_batch
+from tasks.deid import DeidPolicy, DeidStageResult, deidentify_batch, load_policy
 
 
 def policy_of(settings: Settings) -> DeidPolicy:

@@ -16,8 +16,8 @@ from flows.params import StoreParams
 from flows.retry import RETRY_POLICY
 from mira.settings import Settings
 from storage import open_store
-from tasks.expectations import DocsSite
 from tasks.quality import (
+    DocsSite,
     QualitySummary,
     assess_batch,
     catalog_batches,

@@ -14,8 +14,16 @@ from flows.retry import RETRY_POLICY
 from mira.errors import IntegrityError, ObjectNotFound
 from mira.settings import Settings
 from storage import open_store
-from tasks.snapshot import DEFAULT_RETENTION_DAYS, LockPolicy, SnapshotResult, create_snapshot
-from tasks.snapshot_reader import DEFAULT_WORKERS, VerifyReport, load_card, verify_snapshot
+from tasks.dataset import (
+    DEFAULT_RETENTION_DAYS,
+    DEFAULT_WORKERS,
+    LockPolicy,
+    SnapshotResult,
+    VerifyReport,
+    create_snapshot,
+    load_card,
+    verify_snapshot,
+)
 
 
 class SnapshotParams(BaseModel):

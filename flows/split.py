@@ -12,7 +12,7 @@ from flows.params import StoreParams
 from flows.retry import RETRY_POLICY
 from mira.settings import Settings
 from storage import open_store
-from tasks.split import SplitRatios, SplitResult, split_dataset
+from tasks.dataset import SplitRatios, SplitResult, split_dataset
 
 
 class SplitParams(BaseModel):

@@ -1,6 +1,6 @@
 """A real, throwaway Prefect server for the tests: mira's own stack on a free loopback port.
 
-It is ``mira serve`` (``mira.serve.PrefectStack``) with its state in a temporary folder, the
+It is ``mira serve`` (``mira.cli.stack.PrefectStack``) with its state in a temporary folder, the
 scheduler service off (schedules register, but create no runs while the tests look) and a
 worker that polls every second.
 """
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mira.serve import PrefectStack, ServeConfig
+from mira.cli.stack import PrefectStack, ServeConfig
 
 TEST_SERVER_ENV = {
     "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",

@@ -6,7 +6,7 @@ import pytest
 
 from mira.errors import InvalidInput
 from storage import Store
-from tasks import catalog
+from tasks.dataset import catalog
 
 
 def rows(batch: str, count: int) -> list[dict[str, object]]:
@@ -26,7 +26,7 @@ def test_parts_union_and_query(store: Store) -> None:
     catalog.write_part(store, "instances", "batch-2", rows("batch-2", 5))
     table = catalog.read_table(store, "instances")
     assert table.num_rows == 15
-    result = catalog.query(
+    result = catalog.query_catalog(
         store, "SELECT modality, count(*) AS n FROM instances GROUP BY 1 ORDER BY 1"
     )
     assert result.to_pylist() == [{"modality": "CT", "n": 7}, {"modality": "MR", "n": 8}]
@@ -49,7 +49,7 @@ def test_empty_table_and_bad_names(store: Store) -> None:
     with pytest.raises(InvalidInput, match="part name"):
         catalog.part_key("instances", "../escape")
     with pytest.raises(InvalidInput, match="query failed"):
-        catalog.query(store, "SELECT * FROM instances")  # no part yet: no such table
+        catalog.query_catalog(store, "SELECT * FROM instances")  # no part yet: no such table
 
 
 def test_excluded_keys_follow_review_and_batch_gate(local_store: Store) -> None:

@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from mira import __version__
-from mira.cli import app, register_commands
+from mira.cli.root import app, register_commands
 
 register_commands()
 runner = CliRunner()

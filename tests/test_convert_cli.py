@@ -11,7 +11,7 @@ import tifffile
 import zarr
 from typer.testing import CliRunner
 
-from mira.cli import app, register_commands
+from mira.cli.root import app, register_commands
 
 SLIDE = Path(__file__).parent / "fixtures" / "cmu_small_region.svs"
 

@@ -10,14 +10,14 @@ import pydicom
 import pytest
 from typer.testing import CliRunner
 
-from mira.cli import app, register_commands
+from mira.cli.root import app, register_commands
 from mira.errors import PhiLeak
 from storage import Store
-from tasks import catalog
+from tasks.dataset import catalog
 from tasks.deid import DeidPolicy, policy_from_mapping
-from tasks.deidentify import deidentify_batch
-from tasks.ingest import ingest_batch
-from tasks.sample_data import generate_sample_data
+from tasks.deid.stage import deidentify_batch
+from tasks.ingest.stage import ingest_batch
+from tasks.sample.generate import generate_sample_data
 
 KEY = b"stage-test-key-0123456789abcdef"
 RADIOLOGY = "batch-0001-radiology"
@@ -151,7 +151,7 @@ def test_series_studies_and_batches_tables(local_store: Store, sample: Path) -> 
     upload(sample, gateway, (RADIOLOGY,))
     ingest_batch(gateway, RADIOLOGY)
     deidentify_batch(gateway, research, RADIOLOGY, KEY, DeidPolicy.default())
-    series = catalog.query(
+    series = catalog.query_catalog(
         research, "SELECT modality, instances, mean_slice_spacing FROM series ORDER BY modality"
     ).to_pylist()
     assert [s["modality"] for s in series] == ["CT", "CT", "MR", "MR"]  # two patients

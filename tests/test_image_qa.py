@@ -12,7 +12,8 @@ import tifffile
 import zarr
 
 from storage import Store
-from tasks.image_qa import (
+from tasks.quality.config import ImageQAConfig, load_quality_config
+from tasks.quality.image_qa import (
     ItemReport,
     QAItem,
     assess_item,
@@ -21,7 +22,6 @@ from tasks.image_qa import (
     pyramid_key,
     thumbnail_key,
 )
-from tasks.quality import ImageQAConfig, load_quality_config
 from tests.test_quality_data import (
     CMU_SLIDE,
     DEGRADATIONS,

@@ -22,10 +22,10 @@ from pydicom.uid import UID
 
 from mira.errors import InvalidInput, ObjectNotFound, StoreError
 from storage import Store
-from tasks import ingest
-from tasks.dropzone import scan_dropzone
-from tasks.ingest import find_ready_batches, ingest_batch, inspect_object, read_accepted
-from tasks.sniff import sniff_format
+from tasks.ingest import stage as ingest
+from tasks.ingest.dropzone import find_ready_batches, scan_dropzone
+from tasks.ingest.sniff import inspect_object, sniff_format
+from tasks.ingest.stage import ingest_batch, read_accepted
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 SVS_FIXTURE = Path(__file__).parent / "fixtures" / "cmu_small_region.svs"

@@ -31,17 +31,9 @@ from prefect.events.schemas.events import ResourceSpecification
 
 from flows.notify import WEBHOOK_URLS_ENV, notify_on_completion, notify_on_failure
 from flows.params import StoreParams
-from flows.sensor import (
-    ANNOUNCEMENTS,
-    BATCH_READY,
-    EMITTED_NAME,
-    announce_batch,
-    batch_event_id,
-    dropzone_sensor,
-    pending_batches,
-)
-from mira.cli_serve import store_environment
-from mira.serve import (
+from flows.sensor import dropzone_sensor
+from mira.cli.serve import store_environment
+from mira.cli.stack import (
     PREFECT_DATABASE_ENV,
     PROJECT_ROOT,
     ServeConfig,
@@ -50,6 +42,14 @@ from mira.serve import (
 )
 from mira.settings import load_settings
 from storage import open_store
+from tasks.ingest.announce import (
+    ANNOUNCEMENTS,
+    BATCH_READY,
+    EMITTED_NAME,
+    announce_batch,
+    batch_event_id,
+    pending_batches,
+)
 from tests.prefect_server import PrefectTestServer
 
 if TYPE_CHECKING:
@@ -215,7 +215,7 @@ def test_a_dropped_batch_leads_to_exactly_one_pipeline_run(
     gateway = open_store(prefect_stores.gateway)
     gateway.delete(f"{ANNOUNCEMENTS}/{batch}/{EMITTED_NAME}")  # as if it died before the mark
     (ref,) = [r for r in pending_batches(gateway) if r.name == batch]
-    assert announce_batch(gateway, ref, stores).repeated, "an unconfirmed claim is re-emitted"
+    assert announce_batch(gateway, ref, stores.model_dump()).repeated, "unconfirmed: re-emitted"
 
     upload = client.read_deployment_by_name("pipeline/ingest-on-upload")
     (run,) = wait_for(lambda: runs_of(client, upload.id, batch) or None, 60, "the triggered run")
@@ -266,7 +266,7 @@ def test_server_and_worker_run_offline(prefect_server: PrefectTestServer) -> Non
 
 
 @pytest.mark.prefect
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium is not installed")
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium is not installed: run .ci/system-packages as root")
 def test_the_ui_shows_the_deployments(prefect_server: PrefectTestServer, tmp_path: Path) -> None:
     shot = tmp_path / "deployments.png"
     subprocess.run(

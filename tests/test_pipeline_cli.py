@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mira.cli import app, register_commands
+from mira.cli.root import app, register_commands
 from storage import open_store
-from tasks import catalog
-from tasks.sample_data import generate_sample_data
+from tasks.dataset import catalog
+from tasks.sample.generate import generate_sample_data
 
 pytest_plugins = ["tests.prefect_fixtures"]
 

@@ -13,14 +13,14 @@ import pytest
 
 from mira.errors import ConfigError, InvalidInput
 from storage import Store, open_store
-from tasks import catalog, review
-from tasks.quality import (
-    CONFIG_ENV,
+from tasks.dataset import catalog
+from tasks.quality import review
+from tasks.quality.config import CONFIG_ENV, load_quality_config
+from tasks.quality.stage import (
     assess_batch,
     batch_verdicts,
     catalog_batches,
     identifiers_from_file,
-    load_quality_config,
     publish_data_docs,
     publish_gx_files,
     read_validation,
@@ -212,7 +212,7 @@ def test_gx_makes_no_network_call(
     """Validation and the Data Docs build try no host beyond loopback (no analytics, no CDN)."""
     import socket
 
-    from tasks.expectations import batch_frames, run_suites
+    from tasks.quality.expectations import batch_frames, run_suites
 
     attempts: list[Any] = []
     real_connect, real_lookup = socket.socket.connect, socket.getaddrinfo

@@ -12,13 +12,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mira import cli_quality
-from mira.cli import common
+from mira.cli import quality as cli_quality
+from mira.cli.root import common
 from mira.errors import InvalidInput
 from storage import Store, open_store
 from storage.local import LocalStore
-from tasks import catalog
-from tasks.quality import assess_batch
+from tasks.dataset import catalog
+from tasks.quality.stage import assess_batch
 from tests.test_quality_data import (
     bundled,
     instance_row,
@@ -33,7 +33,7 @@ runner = CliRunner()
 
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mira.cli_common import out
+    from mira.cli.common import out
 
     monkeypatch.setattr(out, "width", 250)
 

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from storage import Store
-from tasks import catalog
+from tasks.dataset import catalog
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 ORIGINALS = ("CT_small.dcm", "MR_small.dcm", "SC_rgb_rle.dcm", "examples_rgb_color.dcm")

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from storage import Store
-from tasks import catalog
-from tasks.quality import QualitySummary, assess_batch, read_validation
+from tasks.dataset import catalog
+from tasks.quality.stage import QualitySummary, assess_batch, read_validation
 from tests.test_quality_data import (
     original_files,
     pyramid_tiff,

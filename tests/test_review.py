@@ -10,12 +10,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mira import cli_quality
-from mira.cli import common
+from mira.cli import quality as cli_quality
+from mira.cli.root import common
 from mira.errors import InvalidInput
 from storage import Store
-from tasks import catalog, review
-from tasks.review import ReviewItem
+from tasks.dataset import catalog
+from tasks.quality import review
+from tasks.quality.review import ReviewItem
 
 runner = CliRunner()
 
@@ -102,7 +103,7 @@ def cli() -> typer.Typer:
 @pytest.fixture
 def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     """Rich tables wide enough that keys are not folded across lines."""
-    from mira.cli_common import out
+    from mira.cli.common import out
 
     monkeypatch.setattr(out, "width", 250)
 

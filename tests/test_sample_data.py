@@ -15,7 +15,7 @@ import tifffile
 from pydicom.errors import InvalidDicomError
 
 from mira.errors import InvalidInput
-from tasks.sample_data import (
+from tasks.sample.generate import (
     MIXED_BATCH,
     PATHOLOGY_BATCH,
     RADIOLOGY_BATCH,
@@ -25,7 +25,7 @@ from tasks.sample_data import (
     generate_sample_data,
     render_ultrasound,
 )
-from tasks.sample_identities import PRIVATE_CREATOR, make_patient
+from tasks.sample.identities import PRIVATE_CREATOR, make_patient
 
 SLIDE_SIZE = 2048
 SEED = 7

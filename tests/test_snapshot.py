@@ -16,29 +16,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from mira import cli_snapshot
-from mira.cli import common
+from mira.cli import snapshot as cli_snapshot
+from mira.cli.root import common
 from mira.errors import AlreadyExists, IntegrityError, InvalidInput, ObjectLocked
 from storage import Store, open_store
-from tasks import catalog, merkle
-from tasks.snapshot import LockPolicy, create_snapshot, export_snapshot
-from tasks.snapshot_reader import (
+from tasks.dataset import catalog, merkle
+from tasks.dataset.manifest import (
     LEAF_COLUMNS,
     MANIFEST_SCHEMA,
-    diff_manifests,
-    diff_snapshots,
     entries,
-    iter_export,
-    iter_split,
-    list_snapshots,
-    load_card,
-    load_manifest,
     prove,
     top_hash,
     verify_proof,
-    verify_snapshot,
 )
-from tasks.split import patient_splits, split_dataset
+from tasks.dataset.reader import iter_export, iter_split, list_snapshots, load_card, load_manifest
+from tasks.dataset.snapshot import LockPolicy, create_snapshot, export_snapshot
+from tasks.dataset.split import patient_splits, split_dataset
+from tasks.dataset.verify import diff_manifests, diff_snapshots, verify_snapshot
 
 app = typer.Typer()
 app.callback()(common)
@@ -380,7 +374,7 @@ def test_snapshot_commands(tmp_path: Path) -> None:
 
 
 def test_parallel_map_keeps_order_and_reports_progress_across_batches() -> None:
-    from tasks.snapshot_reader import parallel_map
+    from tasks.parallel import parallel_map
 
     seen: list[tuple[str, int, int]] = []
     first = parallel_map(lambda x: x * 2, list(range(500)), 3, lambda *a: seen.append(a), "s")

@@ -6,8 +6,10 @@ import pytest
 
 from mira.errors import AlreadyExists, IntegrityError, ObjectLocked
 from storage import Store
-from tasks.snapshot import LockPolicy, create_snapshot, export_snapshot
-from tasks.snapshot_reader import entries, iter_split, load_card, load_manifest, verify_snapshot
+from tasks.dataset.manifest import entries
+from tasks.dataset.reader import iter_split, load_card, load_manifest
+from tasks.dataset.snapshot import LockPolicy, create_snapshot, export_snapshot
+from tasks.dataset.verify import verify_snapshot
 from tests.test_snapshot import dataset
 
 pytestmark = pytest.mark.s3

@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from mira import cli_snapshot
-from mira.cli import common
+from mira.cli import snapshot as cli_snapshot
+from mira.cli.root import common
 from mira.errors import InvalidInput
 from storage import Store
-from tasks import catalog
-from tasks.split import (
+from tasks.dataset import catalog
+from tasks.dataset.split import (
     SPLIT_NAMES,
     SplitRatios,
     apportion,

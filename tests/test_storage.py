@@ -288,7 +288,7 @@ def test_plain_bucket_has_no_object_lock(s3_store: Store) -> None:
 @pytest.mark.s3
 def test_unreachable_endpoint_is_a_clear_error(s3_server: object) -> None:
     from storage import S3Config
-    from storage.seaweedfs import free_port
+    from tests.seaweedfs import free_port
 
     dead = open_store(
         "s3://nobucket/x",

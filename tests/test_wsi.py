@@ -23,9 +23,9 @@ from zarr.core.metadata import ArrayV3Metadata
 
 from mira.errors import InvalidInput
 from storage import Store, open_store
-from tasks.cluster import dask_client
-from tasks.wsi import ConvertOptions, convert_pending_slides, convert_slide
-from tasks.wsi_ngff import read_completion_record
+from tasks.parallel import dask_client
+from tasks.wsi.convert import ConvertOptions, convert_pending_slides, convert_slide
+from tasks.wsi.ngff import read_completion_record
 from tests.slides import PHI_FIELDS, write_slide
 from tests.test_wsi_pyramid import reference_mean
 from tests.test_wsi_source import real_slide
@@ -345,7 +345,7 @@ def test_convert_pending_slides(slides: Store, tmp_path: Path) -> None:
 KILLER = """
 import os, signal, sys
 from storage import open_store
-from tasks.wsi import ConvertOptions, convert_slide
+from tasks.wsi.convert import ConvertOptions, convert_slide
 
 def die_after(done: int, total: int) -> None:
     print(f"{done}/{total}", flush=True)

@@ -15,10 +15,10 @@ from ome_zarr_models.v05.image import Image as ImageV05
 
 from mira.errors import InvalidInput
 from storage import Store, open_store
-from tasks.cluster import dask_client
-from tasks.wsi import ConvertOptions, convert_slide
-from tasks.wsi_jpeg import CODEC_NAME, JpegTileCodec
-from tasks.wsi_ngff import read_completion_record
+from tasks.parallel import dask_client
+from tasks.wsi.convert import ConvertOptions, convert_slide
+from tasks.wsi.jpeg import CODEC_NAME, JpegTileCodec
+from tasks.wsi.ngff import read_completion_record
 from tests.slides import write_slide
 from tests.test_wsi import assert_pyramid_pixels, level0, open_pyramid, pixels
 from tests.test_wsi_source import real_slide

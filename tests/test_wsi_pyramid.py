@@ -16,8 +16,8 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from mira.errors import InvalidInput
-from tasks.wsi_ngff import region_keys
-from tasks.wsi_pyramid import (
+from tasks.wsi.ngff import region_keys
+from tasks.wsi.pyramid import (
     CODEC_NAMES,
     INTERLEAVED,
     BufferPool,
@@ -30,7 +30,7 @@ from tasks.wsi_pyramid import (
     planar_from_chunks,
     region_shape,
 )
-from tasks.wsi_regions import plan_region_tasks
+from tasks.wsi.regions import plan_region_tasks
 
 
 def reference_mean(image: np.ndarray) -> np.ndarray:

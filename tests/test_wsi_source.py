@@ -13,8 +13,8 @@ import tifffile
 
 from mira.errors import InvalidInput
 from storage import Store, open_store
-from tasks.wsi_pyramid import planar_from_chunks
-from tasks.wsi_source import RegionReader, full_resolution_page, open_slide, slide_metadata
+from tasks.wsi.pyramid import planar_from_chunks
+from tasks.wsi.source import RegionReader, full_resolution_page, open_slide, slide_metadata
 from tests.slides import PHI_FIELDS, write_slide
 
 REAL_SLIDE = Path(__file__).parent / "fixtures" / "cmu_small_region.svs"

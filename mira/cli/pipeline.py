@@ -1,0 +1,194 @@
+"""``mira run`` (the whole pipeline for one batch) and ``mira demo`` (everything, on sample data)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from mira.cli.common import console, out, settings_of
+from mira.errors import InvalidInput, MiraError
+from mira.settings import Settings
+
+DROPZONE = "dropzone"
+
+
+def batch_name(batch: str, settings: Settings) -> str:
+    """The drop-zone batch that BATCH names: a bare name, or a folder/URL inside the drop zone."""
+    if "/" not in batch.strip("/"):
+        return batch.strip("/")
+    from storage import open_store
+
+    dropzone_url = open_store(settings.gateway_url).child(DROPZONE).url
+    location = batch if "://" in batch else str(Path(batch).absolute())
+    location = location.removeprefix("file://").rstrip("/")
+    parent, _, name = location.rpartition("/")
+    if parent.rstrip("/") != dropzone_url.rstrip("/"):
+        raise InvalidInput(f"batch {batch!r} is not in the gateway drop zone {dropzone_url}")
+    return name
+
+
+def use_prefect_api(settings: Settings) -> None:
+    """Point Prefect at the configured server; without one, flows run on an ephemeral server."""
+    if settings.prefect_api_url:
+        os.environ["PREFECT_API_URL"] = settings.prefect_api_url
+
+
+def run(
+    ctx: typer.Context,
+    batch: Annotated[str, typer.Argument(help="Batch name, or its folder/URL in the drop zone.")],
+) -> None:
+    """Run the pipeline (every built stage) for one drop-zone batch as a Prefect flow run."""
+    settings = settings_of(ctx)
+    name = batch_name(batch, settings)
+    use_prefect_api(settings)
+    from flows.params import StoreParams
+    from flows.pipeline import pipeline
+
+    stores = StoreParams(gateway_url=settings.gateway_url, research_url=settings.research_url)
+    summary = pipeline(name, stores)
+    print_summaries([summary])
+
+
+SUMMARY_ROWS = (
+    "ingested",
+    "quarantined (by reason)",
+    "de-identified",
+    "slides converted",
+    "QA gate / review",
+    "split sizes (patients)",
+    "snapshot",
+)
+
+
+def print_summaries(summaries: list[dict[str, Any]]) -> None:
+    """A column per batch, a row per stage; then each snapshot's full top hash."""
+    table = Table(title="pipeline summary")
+    table.add_column("stage")
+    for summary in summaries:
+        table.add_column(summary["batch"], overflow="fold")
+    cells = [summary_row(summary) for summary in summaries]
+    for index, label in enumerate(SUMMARY_ROWS):
+        table.add_row(label, *(column[index] for column in cells))
+    out.print(table)
+    for summary in summaries:
+        snap = summary.get("snapshot", {}).get("snapshot", {})
+        if snap:
+            out.print(f"snapshot {snap['name']}: top hash {snap['top_hash']}")
+
+
+def run_reporting_failure(pipeline: Any, batch: str, stores: Any) -> dict[str, Any]:
+    """Run the pipeline for one batch; a failed run becomes a row saying why, not a stop."""
+    try:
+        summary: dict[str, Any] = pipeline(batch, stores)
+    except MiraError as err:
+        console.print(f"[bold red]batch {batch} failed:[/] {err}", soft_wrap=True)
+        return {"batch": batch, "error": str(err)}
+    return summary
+
+
+def summary_row(summary: dict[str, Any]) -> list[str]:
+    """The cells of one batch's row (stages that did not run show "-")."""
+    if "error" in summary:
+        return ["failed: " + summary["error"], *["-"] * (len(SUMMARY_ROWS) - 1)]
+    ingest = summary.get("ingest", {})
+    deid = summary.get("deidentify", {})
+    quarantined = dict(ingest.get("quarantined", {}))
+    for reason, count in deid.get("quarantined", {}).items():
+        quarantined[reason] = quarantined.get(reason, 0) + count
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(quarantined.items())) or "none"
+    convert = summary.get("convert", {})
+    quality = summary.get("quality", {})
+    batch_quality = (quality.get("batches") or [{}])[0]
+    qa = (
+        f"{quality['verdict']}; {len(batch_quality.get('queued_for_review', []))} for review"
+        if quality
+        else "-"
+    )
+    split = summary.get("split", {})
+    sizes: dict[str, int] = {}
+    for row in split.get("balance", []):
+        sizes[row["split"]] = sizes.get(row["split"], 0) + row["patients"]
+    snap = summary.get("snapshot", {}).get("snapshot", {})
+    return [
+        str(ingest.get("accepted", "-")),
+        reasons,
+        f"{deid.get('instances', 0)} DICOM, {deid.get('slides', 0)} slides" if deid else "-",
+        str(convert.get("converted", "-")),
+        qa,
+        ", ".join(f"{k} {v}" for k, v in sorted(sizes.items())) or "-",
+        snap.get("name", "-"),
+    ]
+
+
+def demo(
+    ctx: typer.Context,
+    data: Annotated[
+        Path, typer.Option(help="Folder for the demo's gateway and research stores.")
+    ] = Path("data"),
+    slide_size: Annotated[int, typer.Option(min=512, help="Sample slide side in pixels.")] = 20_000,
+) -> None:
+    """Generate sample data and run the whole pipeline on it, on local folders."""
+    from flows.params import StoreParams
+    from flows.pipeline import pipeline
+    from mira.cli.progress import step_progress
+    from storage import open_store
+    from tasks.ingest import find_ready_batches
+    from tasks.sample import generate_sample_data
+
+    settings = settings_of(ctx).with_overrides(
+        gateway_url=str(data / "gateway"), research_url=str(data / "research")
+    )
+    use_prefect_api(settings)
+    _ensure_demo_secret(data / "gateway")
+    dropzone = data / "gateway" / DROPZONE
+    if not (dropzone / "_sample_phi.json").exists():
+        with step_progress(console) as progress:
+            generate_sample_data(dropzone, slide_size=slide_size, progress=progress)
+    gateway = open_store(settings.gateway_url)
+    stores = StoreParams(gateway_url=settings.gateway_url, research_url=settings.research_url)
+    summaries = [
+        run_reporting_failure(pipeline, ref.name, stores) for ref in find_ready_batches(gateway)
+    ]
+    print_summaries(summaries)
+    research = open_store(settings.research_url)
+    mira = os.path.relpath(sys.argv[0]) if os.sep in sys.argv[0] else "mira"
+    out.print(f"""
+Where to look
+  gateway store (PHI side)        {gateway.url}
+    quarantine + reasons          {gateway.child("quarantine").url}
+    ingest records                {gateway.child("ingest").url}
+  research store (de-identified)  {research.url}
+    DICOM by pseudonym            {research.child("dicom").url}
+    slides / OME-Zarr pyramids    {research.child("slides").url}  {research.child("pyramids").url}
+    catalog (Parquet)             {research.child("catalog").url}
+    quality results, Data Docs    {research.child("quality").url}
+    snapshots                     {research.child("snapshots").url}
+Try: {mira} --research {research.url} ls | catalog query "SELECT modality, count(*) FROM instances GROUP BY 1"
+     {mira} --research {research.url} snapshot list | snapshot verify NAME | qa docs | review list""")
+
+
+def _ensure_demo_secret(gateway: Path) -> None:
+    """Use MIRA_DEID_SECRET when set; else a throwaway demo key kept on the gateway side."""
+    if os.environ.get("MIRA_DEID_SECRET") or os.environ.get("MIRA_DEID_SECRET_FILE"):
+        return
+    key_file = gateway / "demo-deid-secret.key"
+    if not key_file.exists():
+        gateway.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(secrets.token_hex(32) + "\n")
+        key_file.chmod(0o600)
+    os.environ["MIRA_DEID_SECRET_FILE"] = str(key_file.absolute())
+    console.print(
+        f"[yellow]demo:[/] using a throwaway de-identification secret generated for this demo "
+        f"({key_file}); set MIRA_DEID_SECRET to your own for real data."
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("demo")(demo)

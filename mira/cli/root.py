@@ -1,0 +1,114 @@
+"""The ``mira`` command line: one entry per stage, plus sample data and the demo."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from mira import __version__
+from mira.cli.common import console, out
+from mira.errors import MiraError
+from mira.settings import load_settings
+
+app = typer.Typer(
+    name="mira",
+    help="mira: turn raw imaging uploads into de-identified, versioned training datasets.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"mira {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def common(
+    ctx: typer.Context,
+    gateway: Annotated[
+        str | None,
+        typer.Option(help="Gateway store (PHI side) [env: MIRA_GATEWAY_URL]", show_default=False),
+    ] = None,
+    research: Annotated[
+        str | None,
+        typer.Option(
+            help="Research store (de-identified) [env: MIRA_RESEARCH_URL]", show_default=False
+        ),
+    ] = None,
+    s3_endpoint: Annotated[
+        str | None,
+        typer.Option(help="S3 endpoint URL [env: MIRA_S3_ENDPOINT_URL]", show_default=False),
+    ] = None,
+    dask_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Dask scheduler; empty starts a LocalCluster [env: MIRA_DASK_ADDRESS]",
+            show_default=False,
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Settings come from MIRA_* environment variables; these flags override them."""
+    configure_logging(verbose)
+    flags = {
+        "gateway_url": gateway,
+        "research_url": research,
+        "s3_endpoint_url": s3_endpoint,
+        "dask_address": dask_address,
+    }
+    ctx.obj = load_settings(**flags)
+    # Flows read their settings from the environment (as on a Prefect worker): flags given
+    # here must reach the flows this command runs in-process.
+    for name, value in flags.items():
+        if value is not None:
+            os.environ[f"MIRA_{name.upper()}"] = value
+
+
+def configure_logging(verbose: bool) -> None:
+    """WARNING and up by default; INFO with ``--verbose``. Dask's chatter stays at WARNING."""
+    level = logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler()
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("distributed", "tornado", "bokeh", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def register_commands() -> None:
+    """Attach every command module's commands to ``app``."""
+    from mira.cli import convert, deid, pipeline, quality, sample, serve, snapshot
+
+    sample.register(app)
+    pipeline.register(app)
+    deid.register(app)
+    convert.register(app)
+    quality.register(app)
+    snapshot.register(app)
+    serve.register(app)
+
+
+def main() -> None:
+    """Console entry point: expected errors print one line and exit 1; bad usage exits 2."""
+    register_commands()
+    try:
+        app(standalone_mode=True)
+    except MiraError as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)

@@ -1,0 +1,418 @@
+"""Stage 2: de-identify an ingested batch and publish it to the research store.
+
+Every accepted object is de-identified on Dask into a staging area on the gateway side, and each
+output is scanned for the identifiers of its own input. Only when the whole batch is clean are
+the outputs copied to the research store and the catalog parts written (the catalog part is the
+commit: downstream stages see the batch only through it). A file the engine refuses is
+quarantined and the rest goes on; a PHI hit publishes nothing and fails the stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+import pyarrow as pa
+import tifffile
+
+from mira import __version__
+from mira.errors import DeidentificationError, InvalidInput, ObjectNotFound, PhiLeak
+from storage import Store, join_key, open_store
+from tasks.dataset import INSTANCE_SCHEMA, SLIDE_SCHEMA, summarise_instances, write_part
+from tasks.deid.dicom import deidentify_dicom
+from tasks.deid.phiscan import scan_for_phi, scan_slide_file
+from tasks.deid.profile import DeidPolicy
+from tasks.deid.rows import instance_row, slide_row
+from tasks.deid.slide import deidentify_slide
+from tasks.ingest import QuarantineEntry, quarantine, read_accepted, write_reason
+from tasks.parallel import dask_client
+
+log = logging.getLogger(__name__)
+
+DEID_PREFIX = "deid"
+SUMMARY_NAME = "summary.json"
+INLINE_MAX_FILES = 50
+FILES_PER_TASK = 100
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One accepted object to de-identify (gateway key and its path within the batch)."""
+
+    key: str
+    path: str
+    format: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one object: a staged output with its catalog row, a refusal, or hits."""
+
+    item: WorkItem
+    research_key: str | None = None
+    row: dict[str, Any] | None = None
+    refusal: str | None = None
+    detail: str = ""
+    phi_hits: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeidStageResult:
+    """Counts of one batch's de-identification, safe to show on the research side."""
+
+    batch: str
+    instances: int = 0
+    slides: int = 0
+    scrubbed: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
+    phi_hits: int = 0
+    already_done: bool = False
+    profile: str = ""
+
+
+@dataclass(frozen=True)
+class DeidJob:
+    """Everything a Dask task needs to de-identify a group of objects (pickles small).
+
+    Inputs are read from ``source``; outputs are staged in ``staging`` (gateway side) under
+    their research-store keys until the whole set has passed the PHI scan.
+    """
+
+    source: Store
+    staging: Store
+    batch: str
+    key: bytes
+    policy: DeidPolicy
+
+
+def deidentify_batch(
+    gateway: Store,
+    research: Store,
+    batch: str,
+    key: bytes,
+    policy: DeidPolicy,
+    *,
+    dask_address: str = "",
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> DeidStageResult:
+    """De-identify every accepted object of ``batch`` and publish the batch, or nothing."""
+    summary_key = join_key(DEID_PREFIX, batch, SUMMARY_NAME)
+    if gateway.exists(summary_key):
+        return DeidStageResult(**{**gateway.read_json(summary_key), "already_done": True})
+    items = accepted_items(gateway, batch)
+    staging = gateway.child(join_key(DEID_PREFIX, batch, "staging"))
+    job = DeidJob(source=gateway, staging=staging, batch=batch, key=key, policy=policy)
+    outcomes = run_groups(job, items, dask_address, workers, progress)
+    check_for_leaks(job, outcomes, gateway)
+    for outcome in outcomes:
+        if outcome.refusal:
+            _quarantine(gateway, batch, outcome, outcome.refusal, outcome.detail)
+    published = publish(staging, research, outcomes)
+    result = _commit_catalog(research, batch, published, outcomes, policy)
+    gateway.write_json(summary_key, asdict(result))
+    staging.delete_prefix("")
+    return result
+
+
+def deidentify_folder(
+    source: Store,
+    output: Store,
+    quarantine_store: Store,
+    key: bytes,
+    policy: DeidPolicy,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> DeidStageResult:
+    """De-identify every DICOM file and slide below ``source`` into ``output`` (``mira deid``).
+
+    Files that cannot be made safe, and every other kind of file, go to ``quarantine_store``
+    with a reason; a PHI hit anywhere publishes nothing.
+    """
+    from tasks.ingest import sniff_format
+
+    items: list[WorkItem] = []
+    for info in source.list():
+        with source.open_read(info.key) as stream:
+            kind = sniff_format(stream.read(4096))
+        fmt = {
+            "dicom": "dicom",
+            "dicom-no-preamble": "dicom",
+            "svs": "slide",
+            "tiff": "slide",
+            "bigtiff": "slide",
+        }
+        items.append(
+            WorkItem(
+                key=info.key, path=info.key, format=fmt.get(kind, kind), sha256="", size=info.size
+            )
+        )
+    unsupported = [i for i in items if i.format not in ("dicom", "slide")]
+    items = [i for i in items if i.format in ("dicom", "slide")]
+    with tempfile.TemporaryDirectory(prefix="mira-deid-") as tmp:
+        staging = open_store(tmp)
+        job = DeidJob(source=source, staging=staging, batch="", key=key, policy=policy)
+        outcomes = run_groups(job, items, "", 0, progress)
+        check_for_leaks(job, outcomes, quarantine_store)
+        for item in unsupported:
+            _quarantine_to(
+                quarantine_store,
+                source,
+                Outcome(item=item),
+                "unsupported-type",
+                f"not DICOM or a slide ({item.format})",
+            )
+        for outcome in outcomes:
+            if outcome.refusal:
+                _quarantine_to(quarantine_store, source, outcome, outcome.refusal, outcome.detail)
+        published = publish(staging, output, outcomes)
+    refusals = refusal_counts(outcomes)
+    if unsupported:
+        refusals["unsupported-type"] = len(unsupported)
+    return _result("", published, refusals, policy)
+
+
+def accepted_items(gateway: Store, batch: str) -> list[WorkItem]:
+    """The objects ingest accepted for ``batch``; the batch must have been ingested."""
+    try:
+        table = read_accepted(gateway, batch)
+    except ObjectNotFound as err:
+        raise InvalidInput(
+            f"batch {batch} has not been ingested; run the ingest stage first"
+        ) from err
+    return [
+        WorkItem(
+            key=r["key"], path=r["path"], format=r["format"], sha256=r["sha256"], size=r["size"]
+        )
+        for r in table.select(["key", "path", "format", "sha256", "size"]).to_pylist()
+    ]
+
+
+def run_groups(
+    job: DeidJob,
+    items: Sequence[WorkItem],
+    dask_address: str,
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[Outcome]:
+    """De-identify the items in coarse groups, inline for small batches, on Dask otherwise."""
+    report = progress or (lambda done, total: None)
+    slides = [i for i in items if i.format == "slide"]
+    dicoms = [i for i in items if i.format != "slide"]
+    groups = [[s] for s in slides] + _chunks(dicoms, FILES_PER_TASK)
+    if len(items) < INLINE_MAX_FILES and len(slides) <= 1:
+        outcomes: list[Outcome] = []
+        for group in groups:
+            outcomes += deidentify_group(job, group)
+            report(len(outcomes), len(items))
+        return outcomes
+    with dask_client(dask_address, workers) as client:
+        futures = client.map(deidentify_group, [job] * len(groups), groups, pure=False)
+        outcomes = []
+        for future in futures:
+            outcomes += future.result()
+            report(len(outcomes), len(items))
+    return outcomes
+
+
+def _chunks(items: Sequence[WorkItem], size: int) -> list[list[WorkItem]]:
+    count = max(1, math.ceil(len(items) / size))
+    step = math.ceil(len(items) / count) if items else 1
+    return [list(items[i : i + step]) for i in range(0, len(items), step)]
+
+
+def deidentify_group(job: DeidJob, group: Sequence[WorkItem]) -> list[Outcome]:
+    """De-identify, scan and stage each object of a group (runs in a Dask worker)."""
+    return [deidentify_item(job, item) for item in group]
+
+
+def deidentify_item(job: DeidJob, item: WorkItem) -> Outcome:
+    """One object: refuse what cannot be made safe, scan the output, stage it on the gateway."""
+    try:
+        if item.format == "slide":
+            return _deidentify_slide(job, item)
+        return _deidentify_dicom(job, item)
+    except DeidentificationError as err:
+        return Outcome(item=item, refusal="deid-refused", detail=str(err))
+    except InvalidInput as err:
+        return Outcome(item=item, refusal="deid-invalid", detail=str(err))
+
+
+def path_identifiers(path: str) -> set[str]:
+    """Folder and file names of an upload often carry names or accession numbers."""
+    parts = PurePosixPath(path).parts
+    return set(parts) | {PurePosixPath(path).stem}
+
+
+def _deidentify_dicom(job: DeidJob, item: WorkItem) -> Outcome:
+    result = deidentify_dicom(job.source.read_bytes(item.key), job.key, job.policy)
+    research_key = join_key(
+        "dicom",
+        result.patient_id,
+        result.study_uid,
+        result.series_uid,
+        f"{result.sop_instance_uid}.dcm",
+    )
+    identifiers = set(result.identifiers) | path_identifiers(item.path)
+    hits = scan_for_phi([(research_key, result.data)], identifiers)
+    info = job.staging.write_bytes(research_key, result.data)
+    row = instance_row(job.batch, research_key, result, info.size, info.sha256 or "", job.policy)
+    return Outcome(
+        item=item,
+        research_key=research_key,
+        row=row,
+        phi_hits=tuple(str(h) for h in hits),
+    )
+
+
+def _deidentify_slide(job: DeidJob, item: WorkItem) -> Outcome:
+    with tempfile.NamedTemporaryFile() as output, job.source.open_read(item.key) as source:
+        result = deidentify_slide(source, output, job.key, job.policy)
+        research_key = join_key("slides", f"{result.slide_id}.tiff")
+        output.flush()
+        identifiers = set(result.identifiers) | path_identifiers(item.path)
+        hits = scan_slide_file(research_key, output.name, identifiers)
+        output.seek(0)
+        with tifffile.TiffFile(output) as tif:
+            shape = (int(tif.pages.first.shape[0]), int(tif.pages.first.shape[1]))
+        output.seek(0)
+        info = job.staging.write_stream(research_key, output)
+    row = slide_row(
+        job.batch, research_key, result, shape, info.size, info.sha256 or "", job.policy
+    )
+    return Outcome(
+        item=item,
+        research_key=research_key,
+        row=row,
+        phi_hits=tuple(str(h) for h in hits),
+    )
+
+
+def check_for_leaks(job: DeidJob, outcomes: Sequence[Outcome], quarantine_store: Store) -> None:
+    """On any PHI hit: quarantine the leaking inputs, drop every staged output, fail."""
+    leaks = [o for o in outcomes if o.phi_hits]
+    if not leaks:
+        return
+    for outcome in leaks:
+        detail = "; ".join(outcome.phi_hits[:20])
+        _quarantine_to(quarantine_store, job.source, outcome, "phi-detected", detail, job.batch)
+    job.staging.delete_prefix("")
+    raise PhiLeak(
+        f"identifiers found in {len(leaks)} de-identified outputs "
+        f"({'; '.join(h for o in leaks[:3] for h in o.phi_hits[:2])}); nothing was published"
+    )
+
+
+def _quarantine(gateway: Store, batch: str, outcome: Outcome, reason: str, detail: str) -> None:
+    _quarantine_to(gateway, gateway, outcome, reason, detail, batch)
+
+
+def _quarantine_to(
+    quarantine_store: Store,
+    source: Store,
+    outcome: Outcome,
+    reason: str,
+    detail: str,
+    batch: str = "",
+) -> None:
+    """Quarantine one input. In a batch the copy stays on the gateway store; for ``mira deid``
+    it is streamed from the input store into the quarantine folder."""
+    item = outcome.item
+    entry = QuarantineEntry(
+        batch=batch,
+        path=item.path,
+        reason=reason,
+        detail=detail,
+        sha256=item.sha256 or None,
+        size=item.size,
+        detected_format=item.format,
+        stage="deidentify",
+    )
+    if quarantine_store is source:
+        quarantine(quarantine_store, item.key, entry)
+        return
+    with source.open_read(item.key) as stream:
+        quarantine_store.write_stream(join_key(batch, item.path), stream)
+    write_reason(quarantine_store, join_key(batch, item.path), entry)
+
+
+def publish(staging: Store, research: Store, outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """Copy staged outputs to the research store; objects already there byte for byte stay."""
+    published = [o for o in outcomes if o.research_key and o.row]
+    for outcome in published:
+        assert outcome.research_key and outcome.row
+        key = outcome.research_key
+        if research.exists(key) and research.sha256(key) == outcome.row["sha256"]:
+            continue  # a rerun after a crash
+        with staging.open_read(key) as staged:
+            research.write_stream(key, staged)
+    return published
+
+
+def _commit_catalog(
+    research: Store,
+    batch: str,
+    published: Sequence[Outcome],
+    outcomes: Sequence[Outcome],
+    policy: DeidPolicy,
+) -> DeidStageResult:
+    """Write the batch's catalog parts: the commit that makes the batch visible downstream."""
+    instances = [o.row for o in published if o.row and o.item.format != "slide"]
+    slides = [o.row for o in published if o.row and o.item.format == "slide"]
+    instance_table = _table(instances, INSTANCE_SCHEMA)
+    series, studies = summarise_instances(instance_table)
+    write_part(research, "series", batch, series)
+    write_part(research, "studies", batch, studies)
+    write_part(research, "slides", batch, _table(slides, SLIDE_SCHEMA))
+    result = _result(batch, published, refusal_counts(outcomes), policy)
+    write_part(research, "batches", batch, [batch_row(result)])
+    # Instances last: that part is the commit downstream stages look for.
+    write_part(research, "instances", batch, instance_table)
+    return result
+
+
+def batch_row(result: DeidStageResult) -> dict[str, Any]:
+    """The ``batches`` row: counts only (nothing from the gateway side but numbers)."""
+    return {
+        "batch": result.batch,
+        "instances": result.instances,
+        "slides": result.slides,
+        "scrubbed": result.scrubbed,
+        "quarantined_at_deid": sum(result.quarantined.values()),
+        "deid_profile": result.profile,
+        "mira_version": __version__,
+        "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def refusal_counts(outcomes: Sequence[Outcome]) -> dict[str, int]:
+    """How many inputs were refused, by reason."""
+    return dict(Counter(o.refusal for o in outcomes if o.refusal))
+
+
+def _result(
+    batch: str, published: Sequence[Outcome], refusals: Mapping[str, int], policy: DeidPolicy
+) -> DeidStageResult:
+    rows = [o.row for o in published if o.row]
+    instances = [r for r, o in zip(rows, published, strict=True) if o.item.format != "slide"]
+    return DeidStageResult(
+        batch=batch,
+        instances=len(instances),
+        slides=len(rows) - len(instances),
+        scrubbed=sum(1 for r in instances if r["pixels_scrubbed"]),
+        quarantined=dict(refusals),
+        profile=policy.name,
+    )
+
+
+def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=schema)

@@ -1,0 +1,28 @@
+"""Ingest: a drop-zone batch checked object by object into an accepted list and a quarantine.
+
+The public face of the wing; ``stage`` runs a batch, ``dropzone`` reads batches and manifests,
+``sniff`` and ``dicom_header`` inspect objects, ``quarantine`` records refusals with a reason, and
+``announce`` is the sensor's claim/emit/mark protocol.
+"""
+
+from tasks.ingest.announce import BATCH_READY, Announcement, announce_batch, pending_batches
+from tasks.ingest.dropzone import BatchRef, find_ready_batches
+from tasks.ingest.quarantine_zone import QuarantineEntry, quarantine, write_reason
+from tasks.ingest.sniff import sniff_format
+from tasks.ingest.stage import IngestResult, ingest_batch, read_accepted
+
+__all__ = [
+    "BATCH_READY",
+    "Announcement",
+    "BatchRef",
+    "IngestResult",
+    "QuarantineEntry",
+    "announce_batch",
+    "find_ready_batches",
+    "ingest_batch",
+    "pending_batches",
+    "quarantine",
+    "read_accepted",
+    "sniff_format",
+    "write_reason",
+]

@@ -1,1 +1,0 @@
-"""The default quality configuration (``quality.yaml``), shipped as package data."""
