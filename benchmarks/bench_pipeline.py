@@ -61,7 +61,7 @@ def plain_loop(gateway_url: str, research_url: str) -> None:
     ingest_batch(gateway, BATCH)
     deidentify_batch(gateway, research, BATCH, SECRET.encode(), DeidPolicy.default())
     convert_pending_slides(research, ConvertOptions())
-    assess_batch(research_url, BATCH)
+    assess_batch(research, BATCH)
     split_dataset(research)
     create_snapshot(research, f"after-{BATCH}")
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Literal
+from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
 from flows.params import StoreParams
 from flows.retry import RETRY_POLICY
+from flows.summaries import ConvertSummary
 from mira.settings import Settings
-from storage import open_store
-from tasks.dataset import write_part
-from tasks.wsi import ConversionResult, ConvertOptions, convert_pending_slides
+from tasks.wsi import ConversionResult, ConvertOptions, catalog_pyramids, convert_pending_slides
 
 
 class ConvertParams(BaseModel):
@@ -34,7 +32,7 @@ class ConvertParams(BaseModel):
 @task(name="convert-pending-slides", **RETRY_POLICY)
 def convert_pending_task(settings: Settings, params: ConvertParams) -> list[ConversionResult]:
     """Convert the slides that need it (tiles spread over Dask inside) and catalog the pyramids."""
-    research = open_store(settings.research_url, settings.s3_config())
+    research = settings.research()
     options = ConvertOptions(
         ngff_version=params.ngff_version,
         chunk=params.chunk,
@@ -44,29 +42,14 @@ def convert_pending_task(settings: Settings, params: ConvertParams) -> list[Conv
         workers=settings.dask_workers,
     )
     results = convert_pending_slides(research, options)
-    for result in results:
-        slide_id = result.source_key.rsplit("/", 1)[-1].removesuffix(".tiff")
-        write_part(research, "pyramids", slide_id, [pyramid_row(result)])
+    catalog_pyramids(research, results)
     return results
-
-
-def pyramid_row(result: ConversionResult) -> dict[str, Any]:
-    """The catalog row of one pyramid."""
-    return {
-        "slide_key": result.source_key,
-        "pyramid_key": result.pyramid_key,
-        "source_sha256": result.source_sha256,
-        "levels": result.levels,
-        "height": result.shape[0],
-        "width": result.shape[1],
-        "mpp": result.mpp,
-    }
 
 
 @flow(name="convert", log_prints=False)
 def convert_slides(
     params: ConvertParams | None = None, stores: StoreParams | None = None
-) -> dict[str, Any]:
+) -> ConvertSummary:
     """Convert every de-identified slide that has no current pyramid; returns what was done."""
     settings = (stores or StoreParams()).settings()
     results = convert_pending_task(settings, params or ConvertParams())
@@ -74,8 +57,6 @@ def convert_slides(
     get_run_logger().info(
         "%d slides converted, %d already current", len(converted), len(results) - len(converted)
     )
-    return {
-        "converted": len(converted),
-        "current": len(results) - len(converted),
-        "slides": [dataclasses.asdict(r) for r in results],
-    }
+    return ConvertSummary(
+        converted=len(converted), current=len(results) - len(converted), slides=tuple(results)
+    )

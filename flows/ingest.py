@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 from prefect import flow, get_run_logger, task
 
 from flows.params import StoreParams
 from flows.retry import RETRY_POLICY
 from mira.settings import Settings
-from storage import open_store
 from tasks.ingest import IngestResult, ingest_batch
 
 
 @task(name="ingest-batch", **RETRY_POLICY)
 def ingest_batch_task(settings: Settings, batch: str) -> IngestResult:
     """Validate and record one batch (files spread over Dask inside)."""
-    gateway = open_store(settings.gateway_url, settings.s3_config())
+    gateway = settings.gateway()
     return ingest_batch(
         gateway, batch, dask_address=settings.dask_address, workers=settings.dask_workers
     )
 
 
 @flow(name="ingest", log_prints=False)
-def ingest(batch: str, stores: StoreParams | None = None) -> dict[str, Any]:
+def ingest(batch: str, stores: StoreParams | None = None) -> IngestResult:
     """Ingest drop-zone batch ``batch`` from the gateway store; returns the batch summary."""
     settings = (stores or StoreParams()).settings()
     result = ingest_batch_task(settings, batch)
@@ -38,4 +34,4 @@ def ingest(batch: str, stores: StoreParams | None = None) -> dict[str, Any]:
         sum(result.quarantined.values()),
         result.duplicates,
     )
-    return dataclasses.asdict(result)
+    return result

@@ -8,8 +8,6 @@ fails the run. Every stage is idempotent, so a rerun of a batch adds and rewrite
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
@@ -21,6 +19,7 @@ from flows.params import StoreParams
 from flows.quality import QualityOptions, quality
 from flows.snapshot import SnapshotParams, snapshot
 from flows.split import SplitParams, split
+from flows.summaries import PipelineSummary
 from mira.errors import MiraError
 
 STAGE_ORDER = ("ingest", "deidentify", "convert", "quality", "split", "snapshot")
@@ -55,22 +54,30 @@ class PipelineOptions(BaseModel):
 )
 def pipeline(
     batch: str, stores: StoreParams | None = None, options: PipelineOptions | None = None
-) -> dict[str, Any]:
+) -> PipelineSummary:
     """Run every stage for drop-zone batch ``batch``; returns one summary per stage."""
     stores = stores or StoreParams()
     options = options or PipelineOptions()
-    summary: dict[str, Any] = {"batch": batch}
-    summary["ingest"] = ingest(batch, stores)
-    summary["deidentify"] = deidentify(batch, stores)
-    summary["convert"] = convert_slides(options.convert, stores)
-    summary["quality"] = quality(batch, stores, options.quality)
-    if summary["quality"]["verdict"] == "fail":
-        failed = summary["quality"]["batches"][0]["failed_checks"]
+    ingested = ingest(batch, stores)
+    deidentified = deidentify(batch, stores)
+    converted = convert_slides(options.convert, stores)
+    judged = quality(batch, stores, options.quality)
+    if judged.verdict == "fail":
+        failed = judged.batches[0].failed_checks
         raise GateBlocked(f"batch {batch} failed the quality gate ({', '.join(failed)})")
-    summary["split"] = split(options.split, stores)
+    assigned = split(options.split, stores)
+    frozen = None
     if options.snapshot:
         name = options.snapshot_name.replace("{batch}", batch)
         params = SnapshotParams(name=name, split_name=options.split.name, if_exists="keep")
-        summary["snapshot"] = snapshot(params, stores)
+        frozen = snapshot(params, stores)
     get_run_logger().info("batch %s went through %s", batch, ", ".join(STAGE_ORDER))
-    return summary
+    return PipelineSummary(
+        batch=batch,
+        ingest=ingested,
+        deidentify=deidentified,
+        convert=converted,
+        quality=judged,
+        split=assigned,
+        snapshot=frozen,
+    )

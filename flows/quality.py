@@ -6,16 +6,13 @@ the catalog (the nightly deployment), so changed thresholds or suites apply to o
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
 from flows.params import StoreParams
 from flows.retry import RETRY_POLICY
+from flows.summaries import QualityRunSummary
 from mira.settings import Settings
-from storage import open_store
 from tasks.quality import (
     DocsSite,
     QualitySummary,
@@ -53,10 +50,9 @@ class QualityOptions(BaseModel):
 def assess_batch_task(settings: Settings, batch: str, options: QualityOptions) -> QualitySummary:
     """GX suites on the batch's catalog rows, image QA on its objects (Dask inside)."""
     return assess_batch(
-        settings.research_url,
+        settings.research(),
         batch,
-        s3=settings.s3_config(),
-        config=load_quality_config(options.config_path),
+        config=load_quality_config(options.config_path or settings.quality_config),
         identifiers=identifiers_from_file(options.phi_identifiers_file),
         dask_address=settings.dask_address,
         workers=settings.dask_workers,
@@ -67,13 +63,13 @@ def assess_batch_task(settings: Settings, batch: str, options: QualityOptions) -
 @task(name="catalog-batches", **RETRY_POLICY)
 def catalog_batches_task(settings: Settings) -> list[str]:
     """Every batch the catalog knows (instances or slides)."""
-    return catalog_batches(open_store(settings.research_url, settings.s3_config()))
+    return catalog_batches(settings.research())
 
 
 @task(name="build-data-docs", **RETRY_POLICY)
 def data_docs_task(settings: Settings) -> DocsSite:
     """GX Data Docs of every validated batch, published offline-ready in the research store."""
-    return publish_data_docs(settings.research_url, settings.s3_config())
+    return publish_data_docs(settings.research())
 
 
 @flow(name="quality", log_prints=False)
@@ -81,7 +77,7 @@ def quality(
     batch: str | None = None,
     stores: StoreParams | None = None,
     options: QualityOptions | None = None,
-) -> dict[str, Any]:
+) -> QualityRunSummary:
     """Validate ``batch`` (every catalog batch when empty); returns counts and gate verdicts."""
     settings = (stores or StoreParams()).settings()
     options = options or QualityOptions()
@@ -98,13 +94,11 @@ def quality(
             summary.items_checked,
             ", ".join(summary.failed_checks) or "none",
         )
-        summaries.append(dataclasses.asdict(summary))
-    changed = [s for s in summaries if not s["reused"]]
+        summaries.append(summary)
+    changed = [s for s in summaries if not s.reused]
     docs = data_docs_task(settings) if options.build_docs and changed else None
-    return {
-        "verdict": "fail" if any(s["verdict"] == "fail" for s in summaries) else "pass",
-        "batches": summaries,
-        "verdicts": {s["batch"]: s["verdict"] for s in summaries},
-        "queued_for_review": sum(len(s["queued_for_review"]) for s in summaries),
-        "data_docs": docs.index_url if docs else None,
-    }
+    return QualityRunSummary(
+        verdict="fail" if any(s.verdict == "fail" for s in summaries) else "pass",
+        batches=tuple(summaries),
+        data_docs=docs.index_url if docs else None,
+    )

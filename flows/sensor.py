@@ -12,7 +12,7 @@ import threading
 from prefect import flow, get_run_logger, task
 
 from flows.params import StoreParams
-from storage import open_store
+from mira.settings import Settings
 from tasks.ingest import Announcement, BatchRef, announce_batch, pending_batches
 
 WATCH_INTERVAL_S = 60.0
@@ -21,29 +21,25 @@ log = logging.getLogger(__name__)
 
 
 @task(name="list-pending-batches", retries=2, retry_delay_seconds=5, persist_result=False)
-def pending_batches_task(gateway_url: str, stores: StoreParams | None) -> list[BatchRef]:
+def pending_batches_task(settings: Settings) -> list[BatchRef]:
     """Ready batches not yet announced (one drop-zone listing, one announcements listing)."""
-    settings = (stores or StoreParams()).settings()
-    return pending_batches(open_store(gateway_url, settings.s3_config()))
+    return pending_batches(settings.gateway())
 
 
 @task(name="announce-batch", retries=2, retry_delay_seconds=5, persist_result=False)
 def announce_batch_task(
-    gateway_url: str, ref: BatchRef, stores: StoreParams | None
+    settings: Settings, ref: BatchRef, stores: StoreParams | None
 ) -> Announcement:
     """Announce one batch; safe to retry, since claim and event id make it idempotent."""
-    settings = (stores or StoreParams()).settings()
-    return announce_batch(
-        open_store(gateway_url, settings.s3_config()), ref, stores.model_dump() if stores else None
-    )
+    return announce_batch(settings.gateway(), ref, stores.model_dump() if stores else None)
 
 
 @flow(name="dropzone-sensor", log_prints=False)
 def dropzone_sensor(stores: StoreParams | None = None) -> list[str]:
     """Announce each new ready batch of the drop zone once; returns the batches announced."""
-    gateway_url = (stores or StoreParams()).settings().gateway_url
-    refs = pending_batches_task(gateway_url, stores)
-    announced = [announce_batch_task(gateway_url, ref, stores) for ref in refs]
+    settings = (stores or StoreParams()).settings()
+    refs = pending_batches_task(settings)
+    announced = [announce_batch_task(settings, ref, stores) for ref in refs]
     get_run_logger().info(
         "%d new ready batches announced: %s",
         len(announced),
@@ -64,7 +60,7 @@ def watch_dropzone(
     """
     stop = stop or threading.Event()
     settings = (stores or StoreParams()).settings()
-    gateway = open_store(settings.gateway_url, settings.s3_config())
+    gateway = settings.gateway()
     while not stop.is_set():
         try:
             for ref in pending_batches(gateway):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -11,9 +10,9 @@ from pydantic import BaseModel, Field
 
 from flows.params import StoreParams
 from flows.retry import RETRY_POLICY
+from flows.summaries import SnapshotSummary
 from mira.errors import IntegrityError, ObjectNotFound
 from mira.settings import Settings
-from storage import open_store
 from tasks.dataset import (
     DEFAULT_RETENTION_DAYS,
     DEFAULT_WORKERS,
@@ -46,7 +45,7 @@ class SnapshotParams(BaseModel):
 @task(name="create-snapshot", **RETRY_POLICY)
 def create_snapshot_task(settings: Settings, params: SnapshotParams) -> SnapshotResult:
     """Hash, record and lock the dataset as it is now."""
-    research = open_store(settings.research_url, settings.s3_config())
+    research = settings.research()
     return create_snapshot(
         research,
         params.name,
@@ -59,7 +58,7 @@ def create_snapshot_task(settings: Settings, params: SnapshotParams) -> Snapshot
 @task(name="existing-snapshot", **RETRY_POLICY)
 def existing_card_task(settings: Settings, name: str) -> dict[str, Any] | None:
     """The card of snapshot ``name`` when it was completed before, else None."""
-    research = open_store(settings.research_url, settings.s3_config())
+    research = settings.research()
     try:
         return load_card(research, name)
     except ObjectNotFound:
@@ -69,7 +68,7 @@ def existing_card_task(settings: Settings, name: str) -> dict[str, Any] | None:
 @task(name="verify-snapshot", **RETRY_POLICY)
 def verify_snapshot_task(settings: Settings, name: str, workers: int) -> VerifyReport:
     """Re-hash every object of the snapshot and check the manifest against its top hash."""
-    research = open_store(settings.research_url, settings.s3_config())
+    research = settings.research()
     return verify_snapshot(research, name, workers=workers)
 
 
@@ -84,7 +83,7 @@ def snapshot_name(template: str) -> str:
 
 
 @flow(name="snapshot", log_prints=False)
-def snapshot(params: SnapshotParams, stores: StoreParams | None = None) -> dict[str, Any]:
+def snapshot(params: SnapshotParams, stores: StoreParams | None = None) -> SnapshotSummary:
     """Create snapshot ``params.name`` of the research store's dataset (and verify it)."""
     settings = (stores or StoreParams()).settings()
     params = params.model_copy(update={"name": snapshot_name(params.name)})
@@ -93,18 +92,17 @@ def snapshot(params: SnapshotParams, stores: StoreParams | None = None) -> dict[
         existing = existing_card_task(settings, params.name)
         if existing is not None:
             log.info("snapshot %s exists (top hash %s); kept", params.name, existing["top_hash"])
-            return {
-                "snapshot": {"name": params.name, "top_hash": existing["top_hash"]},
-                "kept": True,
-            }
+            return SnapshotSummary(name=params.name, top_hash=existing["top_hash"], kept=True)
     result = create_snapshot_task(settings, params)
     log.info("snapshot %s: %d objects, top hash %s", result.name, result.entries, result.top_hash)
     if result.enforcement != "s3-object-lock":
         log.warning("%s", result.note)
-    summary: dict[str, Any] = {"snapshot": dataclasses.asdict(result)}
+    verified = None
     if params.verify:
         report = verify_snapshot_task(settings, result.name, params.workers)
         if not report.ok:
             raise IntegrityError(report.summary())
-        summary["verified"] = report.checked
-    return summary
+        verified = report.checked
+    return SnapshotSummary(
+        name=result.name, top_hash=result.top_hash, created=result, verified=verified
+    )

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
 from flows.params import StoreParams
 from flows.retry import RETRY_POLICY
 from mira.settings import Settings
-from storage import open_store
 from tasks.dataset import SplitRatios, SplitResult, split_dataset
 
 
@@ -31,7 +27,7 @@ class SplitParams(BaseModel):
 @task(name="split-dataset", **RETRY_POLICY)
 def split_dataset_task(settings: Settings, params: SplitParams) -> SplitResult:
     """Assign every patient of the dataset and record the table and its balance report."""
-    research = open_store(settings.research_url, settings.s3_config())
+    research = settings.research()
     return split_dataset(
         research,
         name=params.name,
@@ -43,7 +39,7 @@ def split_dataset_task(settings: Settings, params: SplitParams) -> SplitResult:
 
 
 @flow(name="split", log_prints=False)
-def split(params: SplitParams | None = None, stores: StoreParams | None = None) -> dict[str, Any]:
+def split(params: SplitParams | None = None, stores: StoreParams | None = None) -> SplitResult:
     """Split the research store's dataset by patient; returns the split summary."""
     settings = (stores or StoreParams()).settings()
     result = split_dataset_task(settings, params or SplitParams())
@@ -57,4 +53,4 @@ def split(params: SplitParams | None = None, stores: StoreParams | None = None) 
     )
     for row in result.balance:
         log.info("  %s %s: %d patients, %d items", row.split, row.stratum, row.patients, row.items)
-    return dataclasses.asdict(result)
+    return result

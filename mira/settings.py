@@ -9,7 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mira.errors import ConfigError
-from storage import S3Config
+from storage import S3Config, Store, open_store
 
 MIN_SECRET_BYTES = 16
 
@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     quality_config: Path | None = Field(
         None, description="Quality thresholds and suites override (YAML/JSON); empty: defaults."
     )
+    cache_dir: Path | None = Field(
+        None,
+        description="Local cache of catalog parts read from a remote store; empty: ~/.cache/mira.",
+    )
     webhook_urls: str = Field(
         "", description="Comma-separated URLs that receive a JSON POST when a pipeline run ends."
     )
@@ -76,7 +80,20 @@ class Settings(BaseSettings):
             access_key_id=self.s3_access_key_id,
             secret_access_key=secret,
             region=self.s3_region,
+            cache_dir=str(self.cache_dir) if self.cache_dir else None,
         )
+
+    def gateway(self) -> Store:
+        """The gateway store (PHI side), opened with these settings' S3 connection."""
+        return self.store(self.gateway_url)
+
+    def research(self) -> Store:
+        """The research store (de-identified only), opened with these settings' S3 connection."""
+        return self.store(self.research_url)
+
+    def store(self, url: str | Path) -> Store:
+        """Any other store (a ``mira deid`` output, an export target) with the same connection."""
+        return open_store(url, self.s3_config())
 
     def deid_key(self) -> bytes:
         """The pseudonym key as bytes; fails with a clear message when none is configured."""

@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal
 
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -23,6 +24,7 @@ class S3Config:
     access_key_id: str | None = None
     secret_access_key: str | None = None
     region: str | None = None
+    cache_dir: str | None = None  # local folder for caches of the store's objects (catalog parts)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,11 @@ class Store(ABC):
     """
 
     url: str
+
+    @property
+    def cache_dir(self) -> Path | None:
+        """A local folder for caches of this store's objects; None: the caller's default."""
+        return None
 
     @abstractmethod
     def child(self, prefix: str) -> Store:

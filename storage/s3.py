@@ -11,6 +11,7 @@ import functools
 import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 import s3fs
@@ -66,6 +67,10 @@ class S3Store(Store):
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r})"
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return Path(self.config.cache_dir) if self.config.cache_dir else None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (S3Store, (self.url, self.config))

@@ -12,6 +12,7 @@ import tifffile
 import zarr
 
 from storage import Store
+from tasks import layout
 from tasks.quality.config import ImageQAConfig, load_quality_config
 from tasks.quality.image_qa import (
     ItemReport,
@@ -19,7 +20,6 @@ from tasks.quality.image_qa import (
     assess_item,
     assess_items,
     multiscale_paths,
-    pyramid_key,
     thumbnail_key,
 )
 from tests.test_quality_data import (
@@ -171,7 +171,7 @@ def test_slide_is_read_from_its_pyramid_when_one_exists(
     """An OME-NGFF 0.5 pyramid (c, y, x) wins over the TIFF: here the TIFF is empty glass."""
     key = "slides/both.tiff"
     local_store.write_bytes(key, pyramid_tiff(np.full_like(tissue, 243)))
-    group = zarr.open_group(local_store.zarr_store(pyramid_key(key)), mode="w")
+    group = zarr.open_group(local_store.zarr_store(layout.pyramid_key(key)), mode="w")
     datasets = []
     for level, factor in enumerate((1, 2, 4)):
         data = np.moveaxis(tissue[::factor, ::factor], -1, 0)
@@ -187,8 +187,7 @@ def test_slide_is_read_from_its_pyramid_when_one_exists(
 
 
 def test_pyramid_key_follows_the_slide_name() -> None:
-    assert pyramid_key("slides/abc123.tiff") == "pyramids/abc123.ome.zarr"
-    assert pyramid_key("slides/abc123.ome.tif") == "pyramids/abc123.ome.zarr"
+    assert layout.pyramid_key("slides/abc123.tiff") == "pyramids/abc123.ome.zarr"
 
 
 def test_items_are_judged_on_dask_in_order(
@@ -202,10 +201,10 @@ def test_items_are_judged_on_dask_in_order(
             keys.append(key)
     small = config.model_copy(update={"group_size": 3})
     items = [QAItem(key, "instance") for key in keys]
-    reports = assess_items(local_store.url, None, items, small, dask_address=dask_address)
+    reports = assess_items(local_store, items, small, dask_address=dask_address)
     assert [r.key for r in reports] == keys
     assert all(r.needs_review for r in reports)
-    assert assess_items(local_store.url, None, [], small, dask_address=dask_address) == []
+    assert assess_items(local_store, [], small, dask_address=dask_address) == []
 
 
 @pytest.fixture(scope="module")

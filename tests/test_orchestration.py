@@ -42,8 +42,8 @@ from mira.cli.stack import (
 )
 from mira.settings import load_settings
 from storage import open_store
+from tasks import layout
 from tasks.ingest.announce import (
-    ANNOUNCEMENTS,
     BATCH_READY,
     EMITTED_NAME,
     announce_batch,
@@ -213,7 +213,9 @@ def test_a_dropped_batch_leads_to_exactly_one_pipeline_run(
     assert final_sensor.state is not None and final_sensor.state.is_completed()
 
     gateway = open_store(prefect_stores.gateway)
-    gateway.delete(f"{ANNOUNCEMENTS}/{batch}/{EMITTED_NAME}")  # as if it died before the mark
+    gateway.delete(
+        f"{layout.ANNOUNCEMENTS}/{batch}/{EMITTED_NAME}"
+    )  # as if it died before the mark
     (ref,) = [r for r in pending_batches(gateway) if r.name == batch]
     assert announce_batch(gateway, ref, stores.model_dump()).repeated, "unconfirmed: re-emitted"
 
@@ -266,7 +268,10 @@ def test_server_and_worker_run_offline(prefect_server: PrefectTestServer) -> Non
 
 
 @pytest.mark.prefect
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium is not installed: run .ci/system-packages as root")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="headless Chromium is not installed: run .ci/system-packages as root",
+)
 def test_the_ui_shows_the_deployments(prefect_server: PrefectTestServer, tmp_path: Path) -> None:
     shot = tmp_path / "deployments.png"
     subprocess.run(

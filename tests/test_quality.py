@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from mira.errors import ConfigError, InvalidInput
+from mira.settings import load_settings
 from storage import Store, open_store
 from tasks.dataset import catalog
 from tasks.quality import review
-from tasks.quality.config import CONFIG_ENV, load_quality_config
+from tasks.quality.config import load_quality_config
 from tasks.quality.stage import (
     assess_batch,
     batch_verdicts,
@@ -78,8 +79,9 @@ def test_override_file_merges_onto_the_defaults(
         "ExpectColumnValuesToBeUnique"
     )
     defaults = load_quality_config()
-    monkeypatch.setenv(CONFIG_ENV, str(path))
-    assert load_quality_config().sha256() == config.sha256() != defaults.sha256()
+    monkeypatch.setenv("MIRA_QUALITY_CONFIG", str(path))
+    from_settings = load_quality_config(load_settings().quality_config)
+    assert from_settings.sha256() == config.sha256() != defaults.sha256()
 
 
 @pytest.mark.parametrize(
@@ -99,7 +101,7 @@ def test_bad_config_is_refused_with_a_clear_error(
     write_dicom_batch(local_store, "b", original_files()[:1])
     with pytest.raises(ConfigError, match=message):
         config = load_quality_config(path)
-        assess_batch(local_store.url, "b", config=config, workers=1)
+        assess_batch(local_store, "b", config=config, workers=1)
 
 
 def test_identifier_file_is_read_line_by_line(tmp_path: Path) -> None:
@@ -129,7 +131,7 @@ def mixed_batch(store: Store, batch: str) -> dict[str, str]:
 def test_batch_end_to_end_on_a_process_cluster(local_store: Store) -> None:
     """The real ``dask_client`` path (a LocalCluster of processes) and every output."""
     keys = mixed_batch(local_store, "mixed")
-    summary = assess_batch(local_store.url, "mixed", workers=1)
+    summary = assess_batch(local_store, "mixed", workers=1)
     assert summary.verdict == "pass"
     assert (summary.instances, summary.slides, summary.items_checked) == (4, 2, 6)
     queued = {keys["blurred"], keys["flat"], keys["inked"]}
@@ -160,10 +162,10 @@ def test_batch_end_to_end_on_a_process_cluster(local_store: Store) -> None:
 
 def test_rerun_is_idempotent_and_keeps_decisions(local_store: Store, dask_address: str) -> None:
     keys = mixed_batch(local_store, "again")
-    first = assess_batch(local_store.url, "again", dask_address=dask_address)
+    first = assess_batch(local_store, "again", dask_address=dask_address)
     review.decide(local_store, keys["blurred"], "accepted", "ada", "diagnostic anyway")
     before = catalog.read_part(local_store, "quality", "again")
-    second = assess_batch(local_store.url, "again", dask_address=dask_address)
+    second = assess_batch(local_store, "again", dask_address=dask_address)
     assert catalog.read_part(local_store, "quality", "again") == before
     assert second.queued_for_review == first.queued_for_review
     assert catalog.excluded_keys(local_store) == {keys["flat"], keys["inked"]}
@@ -176,7 +178,7 @@ def test_rerun_is_idempotent_and_keeps_decisions(local_store: Store, dask_addres
 
 def test_unknown_batch_is_refused(local_store: Store) -> None:
     with pytest.raises(InvalidInput, match="no instances or slides"):
-        assess_batch(local_store.url, "nothing-here", workers=1)
+        assess_batch(local_store, "nothing-here", workers=1)
 
 
 EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.I)
@@ -186,8 +188,8 @@ def test_data_docs_open_offline_and_hold_no_phi(local_store: Store, dask_address
     write_dicom_batch(local_store, "clean", original_files())
     write_dicom_batch(local_store, "leaky", original_files(), {0: {"model": PHI_NAME}})
     for batch in ("clean", "leaky"):
-        assess_batch(local_store.url, batch, dask_address=dask_address)
-    site = publish_data_docs(local_store.url)
+        assess_batch(local_store, batch, dask_address=dask_address)
+    site = publish_data_docs(local_store)
     assert site.local_path == str(Path(local_store.url) / "quality/data_docs/index.html")
     pages = [o.key for o in local_store.list("quality/data_docs/") if o.key.endswith(".html")]
     assert len(pages) == site.pages >= 6  # index, 2 suites, 2 x (instances, series) results
@@ -241,7 +243,7 @@ def test_gx_makes_no_network_call(
     publish_gx_files(local_store, "offline", run.gx_files)
     rows = [o.quality_row("offline") for o in run.outcomes]
     catalog.write_part(local_store, "quality", "offline", rows)
-    assert publish_data_docs(local_store.url).pages >= 4
+    assert publish_data_docs(local_store).pages >= 4
     assert attempts == []
 
 
@@ -253,9 +255,9 @@ def test_quality_stage_on_s3(s3_store: Store, dask_address: str, s3_server: Any)
         [*original_files(["CT_small.dcm"]), ("b.dcm", degraded("MR_small.dcm", blurred))],
     )
     write_slide_batch(s3_store, "s3b", [("clean", pyramid_tiff(tissue_image(1024), 3))])
-    summary = assess_batch(s3_store.url, "s3b", s3=s3_server.config, dask_address=dask_address)
+    summary = assess_batch(s3_store, "s3b", dask_address=dask_address)
     assert summary.queued_for_review == (keys[1],)
-    site = publish_data_docs(s3_store.url, s3_server.config)
+    site = publish_data_docs(s3_store)
     assert site.local_path is None and site.index_url.startswith("s3://")
     assert s3_store.exists(site.index_key)
     assert open_store(s3_store.url, s3_server.config).exists(
@@ -273,25 +275,25 @@ def test_quality_flow_validates_one_or_every_batch(tmp_path: Path, prefect_api: 
     write_dicom_batch(research, "f2", original_files(), {0: {"modality": "XX"}})
     stores = StoreParams(research_url=research.url)
     one = quality("f1", stores, QualityOptions(build_docs=False))
-    assert one["verdict"] == "pass" and one["data_docs"] is None
+    assert one.verdict == "pass" and one.data_docs is None
     every = quality(None, stores)
-    assert every["verdicts"] == {"f1": "pass", "f2": "fail"}
-    assert every["verdict"] == "fail" and every["queued_for_review"] == 0
-    assert every["data_docs"].endswith("quality/data_docs/index.html")
+    assert every.verdicts == {"f1": "pass", "f2": "fail"}
+    assert every.verdict == "fail" and every.queued_for_review == 0
+    assert every.data_docs is not None and every.data_docs.endswith("quality/data_docs/index.html")
 
 
 def test_reuse_current_rewrites_nothing_until_the_inputs_change(
     local_store: Store, dask_address: str
 ) -> None:
     mixed_batch(local_store, "steady")
-    first = assess_batch(local_store.url, "steady", dask_address=dask_address)
+    first = assess_batch(local_store, "steady", dask_address=dask_address)
     before = [(o.key, o.etag) for o in local_store.list("quality")]
-    kept = assess_batch(local_store.url, "steady", dask_address=dask_address, reuse_current=True)
+    kept = assess_batch(local_store, "steady", dask_address=dask_address, reuse_current=True)
     assert kept.reused and kept.verdict == first.verdict
     assert kept.queued_for_review == first.queued_for_review
     assert [(o.key, o.etag) for o in local_store.list("quality")] == before
     rows = catalog.read_part(local_store, "instances", "steady")
     assert rows is not None
     catalog.write_part(local_store, "instances", "steady", rows.slice(0, 2))  # the batch changed
-    again = assess_batch(local_store.url, "steady", dask_address=dask_address, reuse_current=True)
+    again = assess_batch(local_store, "steady", dask_address=dask_address, reuse_current=True)
     assert not again.reused and again.instances == 2

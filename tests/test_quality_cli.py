@@ -170,7 +170,7 @@ def validated(tmp_path: Path) -> Path:
         n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
     ) as cluster:
         for batch in ("good", "bad"):
-            assess_batch(store.url, batch, dask_address=cluster.scheduler_address)
+            assess_batch(store, batch, dask_address=cluster.scheduler_address)
     return tmp_path / "validated"
 
 

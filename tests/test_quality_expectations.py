@@ -33,7 +33,7 @@ def dask_address() -> Iterator[str]:
 def validate(
     store: Store, batch: str, dask_address: str, identifiers: tuple[str, ...] = ()
 ) -> QualitySummary:
-    return assess_batch(store.url, batch, identifiers=identifiers, dask_address=dask_address)
+    return assess_batch(store, batch, identifiers=identifiers, dask_address=dask_address)
 
 
 def outcomes(store: Store, batch: str) -> dict[str, dict[str, Any]]:

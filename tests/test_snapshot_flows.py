@@ -21,7 +21,7 @@ def test_split_then_snapshot_flows(tmp_path: Path) -> None:
     add_batch(open_store(research), "b1", range(6))
     stores = StoreParams(research_url=str(research))
     summary = split(SplitParams(seed=5), stores)
-    assert summary["patients"] == 6 and summary["name"] == "default"
+    assert summary.patients == 6 and summary.name == "default"
     result = snapshot(SnapshotParams(name="v1", retention_days=1), stores)
-    assert result["verified"] == result["snapshot"]["entries"] == 14
-    assert result["snapshot"]["enforcement"] == "local-read-only"
+    assert result.created is not None and result.verified == result.created.entries == 14
+    assert result.created.enforcement == "local-read-only" and not result.kept

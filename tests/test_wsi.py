@@ -271,7 +271,7 @@ def test_s3_source_and_target(slides: Store, s3_store: Store, dask_address: str)
     keys = [info.key for info in s3_store.list("pyramids/a.ome.zarr")]
     assert len(keys) == 1 + result.levels + 6 + 2 + 1 + 1 + 1, "whole shards, not chunks"
     record = read_completion_record(s3_store, "pyramids/a.ome.zarr")
-    assert record is not None and record["source_sha256"] == result.source_sha256
+    assert record is not None and record.source_sha256 == result.source_sha256
     same = small_shards(dask_address, shard=512)
     again = convert_slide(s3_store, "slides/a.tiff", s3_store, "pyramids/a.ome.zarr", same)
     assert again.skipped

@@ -77,7 +77,7 @@ def test_level_0_holds_the_scanned_tiles_byte_for_byte(
     upper = target.read_json("p.ome.zarr/1/zarr.json")["codecs"][0]["configuration"]["codecs"]
     assert [c["name"] for c in upper] == ["transpose", "bytes", "zstd"], "levels above: lossless"
     record = read_completion_record(target, "p.ome.zarr")
-    assert record is not None and record["options"]["codec"] == "jpeg"
+    assert record is not None and record.options["codec"] == "jpeg"
 
 
 def test_real_slide_passthrough_is_lossless_against_the_scan_and_smaller(tmp_path: Path) -> None:

@@ -33,19 +33,16 @@ def deid(
     file quarantined; slides lose label and macro images. Every output is scanned for the
     identifiers of its input, and nothing is written when one is found.
     """
-    from flows.deidentify import policy_of
-    from storage import open_store
-    from tasks.deid import deidentify_folder
+    from tasks.deid import deidentify_folder, policy_for
 
     settings = settings_of(ctx).with_overrides(deid_profile=profile)
-    s3 = settings.s3_config()
     with step_progress(console) as progress:
         result = deidentify_folder(
-            open_store(input_url, s3),
-            open_store(output_url, s3),
-            open_store(quarantine, s3),
+            settings.store(input_url),
+            settings.store(output_url),
+            settings.store(quarantine),
             settings.deid_key(),
-            policy_of(settings),
+            policy_for(settings.deid_profile),
             progress=lambda done, total: progress("de-identifying", done, total),
         )
     out.print(
@@ -66,16 +63,15 @@ def phi_scan(
     Names, IDs, dates, UIDs, addresses and institutions are collected from the inputs (and
     their file names); exits 1 naming the file and attribute of every hit.
     """
-    from storage import open_store
     from tasks.deid import input_identifiers, scan_outputs
 
-    s3 = settings_of(ctx).s3_config()
+    settings = settings_of(ctx)
     with step_progress(console) as progress:
         identifiers = input_identifiers(
-            open_store(against, s3), lambda d, t: progress("reading inputs", d, t)
+            settings.store(against), lambda d, t: progress("reading inputs", d, t)
         )
         hits = scan_outputs(
-            open_store(output_url, s3), identifiers, lambda d, t: progress("scanning outputs", d, t)
+            settings.store(output_url), identifiers, lambda d, t: progress("scanning outputs", d, t)
         )
     if not hits:
         out.print(

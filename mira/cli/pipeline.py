@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -14,6 +15,9 @@ from rich.table import Table
 from mira.cli.common import console, out, settings_of
 from mira.errors import InvalidInput, MiraError
 from mira.settings import Settings
+
+if TYPE_CHECKING:
+    from flows.summaries import PipelineSummary
 
 DROPZONE = "dropzone"
 
@@ -66,63 +70,53 @@ SUMMARY_ROWS = (
 )
 
 
-def print_summaries(summaries: list[dict[str, Any]]) -> None:
+def print_summaries(summaries: list[PipelineSummary]) -> None:
     """A column per batch, a row per stage; then each snapshot's full top hash."""
     table = Table(title="pipeline summary")
     table.add_column("stage")
     for summary in summaries:
-        table.add_column(summary["batch"], overflow="fold")
+        table.add_column(summary.batch, overflow="fold")
     cells = [summary_row(summary) for summary in summaries]
     for index, label in enumerate(SUMMARY_ROWS):
         table.add_row(label, *(column[index] for column in cells))
     out.print(table)
     for summary in summaries:
-        snap = summary.get("snapshot", {}).get("snapshot", {})
-        if snap:
-            out.print(f"snapshot {snap['name']}: top hash {snap['top_hash']}")
+        if summary.snapshot is not None:
+            out.print(f"snapshot {summary.snapshot.name}: top hash {summary.snapshot.top_hash}")
 
 
-def run_reporting_failure(pipeline: Any, batch: str, stores: Any) -> dict[str, Any]:
+def run_reporting_failure(pipeline: Any, batch: str, stores: Any) -> PipelineSummary:
     """Run the pipeline for one batch; a failed run becomes a row saying why, not a stop."""
+    from flows.summaries import PipelineSummary
+
     try:
-        summary: dict[str, Any] = pipeline(batch, stores)
+        summary: PipelineSummary = pipeline(batch, stores)
     except MiraError as err:
         console.print(f"[bold red]batch {batch} failed:[/] {err}", soft_wrap=True)
-        return {"batch": batch, "error": str(err)}
+        return PipelineSummary(batch=batch, error=str(err))
     return summary
 
 
-def summary_row(summary: dict[str, Any]) -> list[str]:
+def summary_row(summary: PipelineSummary) -> list[str]:
     """The cells of one batch's row (stages that did not run show "-")."""
-    if "error" in summary:
-        return ["failed: " + summary["error"], *["-"] * (len(SUMMARY_ROWS) - 1)]
-    ingest = summary.get("ingest", {})
-    deid = summary.get("deidentify", {})
-    quarantined = dict(ingest.get("quarantined", {}))
-    for reason, count in deid.get("quarantined", {}).items():
-        quarantined[reason] = quarantined.get(reason, 0) + count
+    if summary.error is not None:
+        return ["failed: " + summary.error, *["-"] * (len(SUMMARY_ROWS) - 1)]
+    ingest, deid, quality = summary.ingest, summary.deidentify, summary.quality
+    quarantined = Counter(dict(ingest.quarantined) if ingest else {})
+    quarantined.update(deid.quarantined if deid else {})
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(quarantined.items())) or "none"
-    convert = summary.get("convert", {})
-    quality = summary.get("quality", {})
-    batch_quality = (quality.get("batches") or [{}])[0]
-    qa = (
-        f"{quality['verdict']}; {len(batch_quality.get('queued_for_review', []))} for review"
-        if quality
-        else "-"
-    )
-    split = summary.get("split", {})
-    sizes: dict[str, int] = {}
-    for row in split.get("balance", []):
-        sizes[row["split"]] = sizes.get(row["split"], 0) + row["patients"]
-    snap = summary.get("snapshot", {}).get("snapshot", {})
+    qa = f"{quality.verdict}; {quality.queued_for_review} for review" if quality else "-"
+    sizes: Counter[str] = Counter()
+    for row in summary.split.balance if summary.split else ():
+        sizes[row.split] += row.patients
     return [
-        str(ingest.get("accepted", "-")),
+        str(ingest.accepted) if ingest else "-",
         reasons,
-        f"{deid.get('instances', 0)} DICOM, {deid.get('slides', 0)} slides" if deid else "-",
-        str(convert.get("converted", "-")),
+        f"{deid.instances} DICOM, {deid.slides} slides" if deid else "-",
+        str(summary.convert.converted) if summary.convert else "-",
         qa,
         ", ".join(f"{k} {v}" for k, v in sorted(sizes.items())) or "-",
-        snap.get("name", "-"),
+        summary.snapshot.name if summary.snapshot else "-",
     ]
 
 
@@ -137,7 +131,6 @@ def demo(
     from flows.params import StoreParams
     from flows.pipeline import pipeline
     from mira.cli.progress import step_progress
-    from storage import open_store
     from tasks.ingest import find_ready_batches
     from tasks.sample import generate_sample_data
 
@@ -150,13 +143,13 @@ def demo(
     if not (dropzone / "_sample_phi.json").exists():
         with step_progress(console) as progress:
             generate_sample_data(dropzone, slide_size=slide_size, progress=progress)
-    gateway = open_store(settings.gateway_url)
+    gateway = settings.gateway()
     stores = StoreParams(gateway_url=settings.gateway_url, research_url=settings.research_url)
     summaries = [
         run_reporting_failure(pipeline, ref.name, stores) for ref in find_ready_batches(gateway)
     ]
     print_summaries(summaries)
-    research = open_store(settings.research_url)
+    research = settings.research()
     mira = os.path.relpath(sys.argv[0]) if os.sep in sys.argv[0] else "mira"
     out.print(f"""
 Where to look

@@ -19,7 +19,8 @@ from rich.table import Table
 
 from mira.cli.common import console, out, settings_of
 from mira.errors import InvalidInput
-from storage import Store, open_store
+from storage import Store
+from tasks import layout
 
 TABLE_ROWS = 200
 
@@ -104,7 +105,7 @@ FROM quality GROUP BY batch ORDER BY batch
 
 def research_store(ctx: typer.Context) -> Store:
     settings = settings_of(ctx)
-    return open_store(settings.research_url, settings.s3_config())
+    return settings.research()
 
 
 def where_clauses(filters: dict[str, str]) -> dict[str, str]:
@@ -282,18 +283,18 @@ def qa_run(
     view = Table(title="quality gate")
     for column in ("batch", "gate", "failed checks", "warnings", "items", "queued"):
         view.add_column(column)
-    for row in summary["batches"]:
+    for row in summary.batches:
         view.add_row(
-            row["batch"],
-            row["verdict"],
-            ", ".join(row["failed_checks"]) or "-",
-            str(len(row["warned_checks"])),
-            str(row["items_checked"]),
-            str(len(row["queued_for_review"])),
+            row.batch,
+            row.verdict,
+            ", ".join(row.failed_checks) or "-",
+            str(len(row.warned_checks)),
+            str(row.items_checked),
+            str(len(row.queued_for_review)),
         )
     out.print(view)
-    if summary["data_docs"]:
-        out.print(f"Data Docs: {summary['data_docs']}")
+    if summary.data_docs:
+        out.print(f"Data Docs: {summary.data_docs}")
 
 
 @qa_app.command("show")
@@ -342,18 +343,18 @@ def qa_docs(
     ] = None,
 ) -> None:
     """Where the GX Data Docs are (they open offline: no CDN assets)."""
-    from tasks.quality import DOCS_PREFIX, publish_data_docs
+    from tasks.quality import publish_data_docs
 
     settings = settings_of(ctx)
     store = research_store(ctx)
     if build:
-        publish_data_docs(settings.research_url, settings.s3_config())
-    index = f"{DOCS_PREFIX}/index.html"
+        publish_data_docs(settings.research())
+    index = f"{layout.DATA_DOCS}/index.html"
     if not store.exists(index):
         raise InvalidInput("no Data Docs yet: run `mira qa run` or `mira qa docs --build`")
     if download is not None:
-        for obj in store.list(f"{DOCS_PREFIX}/"):
-            target = download / obj.key.removeprefix(f"{DOCS_PREFIX}/")
+        for obj in store.list(f"{layout.DATA_DOCS}/"):
+            target = download / obj.key.removeprefix(f"{layout.DATA_DOCS}/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(store.read_bytes(obj.key))
         out.print(f"Data Docs: {(download / 'index.html').absolute()}")

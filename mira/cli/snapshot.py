@@ -12,7 +12,7 @@ from rich.table import Table
 from mira.cli.common import console, out, settings_of
 from mira.cli.progress import step_progress
 from mira.errors import IntegrityError, InvalidInput
-from storage import Store, open_store
+from storage import Store
 
 DIFF_ROWS = 20
 PROBLEM_ROWS = 200
@@ -33,7 +33,7 @@ class LockModeChoice(StrEnum):
 def research_store(ctx: typer.Context) -> Store:
     """The research store the common options name."""
     settings = settings_of(ctx)
-    return open_store(settings.research_url, settings.s3_config())
+    return settings.research()
 
 
 def split(
@@ -248,7 +248,7 @@ def export(
     from tasks.dataset import export_snapshot
 
     settings = settings_of(ctx)
-    target = open_store(output, settings.s3_config()) if output else None
+    target = settings.store(output) if output else None
     result = export_snapshot(research_store(ctx), name, target)
     table = Table(title=f"export of {name!r}: {result.url}")
     table.add_column("split")

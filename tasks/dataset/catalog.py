@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 
 from mira.errors import InvalidInput
 from storage import ObjectInfo, Store
+from tasks import layout
 
-CATALOG_PREFIX = "catalog"
 TABLES = (
     "instances",
     "series",
@@ -136,7 +136,7 @@ def _check_names(table: str, part: str | None = None) -> None:
 def part_key(table: str, part: str) -> str:
     """The store key of one part."""
     _check_names(table, part)
-    return f"{CATALOG_PREFIX}/{table}/{part}.parquet"
+    return f"{layout.CATALOG}/{table}/{part}.parquet"
 
 
 def write_part(
@@ -168,7 +168,7 @@ def delete_part(store: Store, table: str, part: str) -> bool:
 def list_parts(store: Store, table: str) -> list[ObjectInfo]:
     """The part objects of ``table``, sorted by key."""
     _check_names(table)
-    return [o for o in store.list(f"{CATALOG_PREFIX}/{table}/") if o.key.endswith(".parquet")]
+    return [o for o in store.list(f"{layout.CATALOG}/{table}/") if o.key.endswith(".parquet")]
 
 
 def read_part(store: Store, table: str, part: str) -> pa.Table | None:
@@ -229,8 +229,8 @@ def local_part_paths(store: Store, table: str) -> list[str]:
 
 def cache_folder(store: Store) -> Path:
     """Where catalog parts of a remote store are cached (``MIRA_CACHE_DIR``, else ~/.cache)."""
-    root = os.environ.get("MIRA_CACHE_DIR") or Path.home() / ".cache" / "mira"
-    return Path(root) / "catalog" / hashlib.sha256(store.url.encode()).hexdigest()[:16]
+    root = store.cache_dir or Path.home() / ".cache" / "mira"
+    return root / "catalog" / hashlib.sha256(store.url.encode()).hexdigest()[:16]
 
 
 def _cache_name(part: ObjectInfo) -> str:

@@ -7,7 +7,6 @@ A snapshot is ``snapshots/<name>/manifest.parquet`` (one row per object, sorted 
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
@@ -16,12 +15,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mira.errors import InvalidInput
+from tasks import layout
 from tasks.dataset import merkle
 
 BATCH_ROWS = 10_000  # manifest rows turned into Python objects at a time
-
-
-SNAPSHOT_PREFIX = "snapshots"
 
 
 MANIFEST_SCHEMA = pa.schema(
@@ -42,9 +39,6 @@ MANIFEST_SCHEMA = pa.schema(
 
 
 LEAF_COLUMNS = tuple(MANIFEST_SCHEMA.names)
-
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -69,23 +63,16 @@ class SnapshotEntry:
         return (merkle.FIELD_SEPARATOR + merkle.FIELD_SEPARATOR.join(values)).encode()
 
 
-def check_name(name: str) -> str:
-    """A snapshot name is one path segment of letters, digits, ``.``, ``_`` and ``-``."""
-    if not _NAME.match(name):
-        raise InvalidInput(f"invalid snapshot name {name!r}: use letters, digits, '.', '_', '-'")
-    return name
-
-
 def manifest_key(name: str) -> str:
-    return f"{SNAPSHOT_PREFIX}/{check_name(name)}/manifest.parquet"
+    return f"{layout.snapshot_folder(name)}/manifest.parquet"
 
 
 def card_key(name: str) -> str:
-    return f"{SNAPSHOT_PREFIX}/{check_name(name)}/card.json"
+    return f"{layout.snapshot_folder(name)}/card.json"
 
 
 def export_prefix(name: str) -> str:
-    return f"{SNAPSHOT_PREFIX}/{check_name(name)}/export"
+    return f"{layout.snapshot_folder(name)}/export"
 
 
 def manifest_bytes(manifest: pa.Table) -> bytes:

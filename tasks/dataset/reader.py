@@ -19,14 +19,8 @@ import pyarrow.parquet as pq
 
 from mira.errors import IntegrityError, InvalidInput, ObjectNotFound
 from storage import Store
-from tasks.dataset.manifest import (
-    SNAPSHOT_PREFIX,
-    SnapshotEntry,
-    card_key,
-    entries,
-    manifest_key,
-    top_hash,
-)
+from tasks import layout
+from tasks.dataset.manifest import SnapshotEntry, card_key, entries, manifest_key, top_hash
 
 
 @dataclass(frozen=True)
@@ -74,7 +68,7 @@ def load_manifest(store: Store, name: str, card: Mapping[str, Any] | None = None
 def list_snapshots(store: Store) -> list[SnapshotSummary]:
     """Every snapshot in the store, by name; one without a card is incomplete."""
     names = sorted(
-        {o.key.split("/")[1] for o in store.list(f"{SNAPSHOT_PREFIX}/") if o.key.count("/") >= 2}
+        {o.key.split("/")[1] for o in store.list(f"{layout.SNAPSHOTS}/") if o.key.count("/") >= 2}
     )
     summaries = []
     for name in names:

@@ -28,13 +28,13 @@ from mira import __version__
 from mira.errors import AlreadyExists, IntegrityError, InvalidInput
 from storage import ObjectInfo, Retention, Store
 from storage.base import LockMode
+from tasks import layout
 from tasks.dataset import catalog, split
 from tasks.dataset.manifest import (
     BATCH_ROWS,
     LEAF_COLUMNS,
     MANIFEST_SCHEMA,
     card_key,
-    check_name,
     export_prefix,
     manifest_bytes,
     manifest_key,
@@ -150,16 +150,12 @@ def collect_dataset(store: Store, split_name: str) -> pa.Table:
     return rows
 
 
-def pyramid_folder(slide_key: str) -> str:
-    """``slides/<slide>.tiff`` -> ``pyramids/<slide>.ome.zarr``."""
-    stem = posixpath.splitext(posixpath.basename(slide_key))[0]
-    return f"pyramids/{stem}.ome.zarr"
-
-
 def add_pyramids(store: Store, items: pa.Table, workers: int) -> pa.Table:
     """Append each slide's pyramid objects, inheriting the slide's split, QA and lineage."""
     slides = items.filter(pc.equal(items["kind"], "slide")).to_pylist()
-    found = parallel_map(lambda s: list_folder(store, pyramid_folder(s["key"])), slides, workers)
+    found = parallel_map(
+        lambda s: list_folder(store, layout.pyramid_key(s["key"])), slides, workers
+    )
     rows = [
         dict(slide, key=key, kind="pyramid", catalog_sha256=None, catalog_size=None)
         for slide, keys in zip(slides, found, strict=True)
@@ -361,7 +357,7 @@ def create_snapshot(
 ) -> SnapshotResult:
     """Publish snapshot ``name`` of the dataset as it is now; an existing name is refused."""
     lock = lock or LockPolicy()
-    if store.exists(manifest_key(check_name(name))):
+    if store.exists(manifest_key(layout.check_snapshot_name(name))):
         raise AlreadyExists(f"snapshot {name!r} already exists: {store.url_of(manifest_key(name))}")
     created = now or datetime.now(UTC)
     rows = add_pyramids(store, collect_dataset(store, split_name), workers)

@@ -15,6 +15,7 @@ from tasks.deid.profile import (
     Region,
     ScrubRule,
     load_policy,
+    policy_for,
     policy_from_mapping,
 )
 from tasks.deid.pseudonyms import date_shift_days, pseudonymize_patient_id, pseudonymize_uid
@@ -40,6 +41,7 @@ __all__ = [
     "deidentify_slide",
     "input_identifiers",
     "load_policy",
+    "policy_for",
     "policy_from_mapping",
     "pseudonymize_patient_id",
     "pseudonymize_uid",

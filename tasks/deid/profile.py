@@ -236,6 +236,12 @@ class DeidPolicy:
         return best
 
 
+def policy_for(profile: str | Path | None) -> DeidPolicy:
+    """The project's profile file when one is configured (``Settings.deid_profile``), else the
+    default profile."""
+    return load_policy(profile) if profile else DeidPolicy.default()
+
+
 def load_policy(path: str | Path) -> DeidPolicy:
     """Read a project's profile file (JSON, or YAML by extension) into a :class:`DeidPolicy`."""
     path = Path(path)

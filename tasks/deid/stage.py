@@ -25,6 +25,7 @@ import tifffile
 from mira import __version__
 from mira.errors import DeidentificationError, InvalidInput, ObjectNotFound, PhiLeak
 from storage import Store, join_key, open_store
+from tasks import layout
 from tasks.dataset import INSTANCE_SCHEMA, SLIDE_SCHEMA, summarise_instances, write_part
 from tasks.deid.dicom import deidentify_dicom
 from tasks.deid.phiscan import scan_for_phi, scan_slide_file
@@ -36,7 +37,6 @@ from tasks.parallel import dask_client
 
 log = logging.getLogger(__name__)
 
-DEID_PREFIX = "deid"
 SUMMARY_NAME = "summary.json"
 INLINE_MAX_FILES = 50
 FILES_PER_TASK = 100
@@ -106,11 +106,11 @@ def deidentify_batch(
     progress: Callable[[int, int], None] | None = None,
 ) -> DeidStageResult:
     """De-identify every accepted object of ``batch`` and publish the batch, or nothing."""
-    summary_key = join_key(DEID_PREFIX, batch, SUMMARY_NAME)
+    summary_key = join_key(layout.DEID, batch, SUMMARY_NAME)
     if gateway.exists(summary_key):
         return DeidStageResult(**{**gateway.read_json(summary_key), "already_done": True})
     items = accepted_items(gateway, batch)
-    staging = gateway.child(join_key(DEID_PREFIX, batch, "staging"))
+    staging = gateway.child(join_key(layout.DEID, batch, "staging"))
     job = DeidJob(source=gateway, staging=staging, batch=batch, key=key, policy=policy)
     outcomes = run_groups(job, items, dask_address, workers, progress)
     check_for_leaks(job, outcomes, gateway)
@@ -255,12 +255,8 @@ def path_identifiers(path: str) -> set[str]:
 
 def _deidentify_dicom(job: DeidJob, item: WorkItem) -> Outcome:
     result = deidentify_dicom(job.source.read_bytes(item.key), job.key, job.policy)
-    research_key = join_key(
-        "dicom",
-        result.patient_id,
-        result.study_uid,
-        result.series_uid,
-        f"{result.sop_instance_uid}.dcm",
+    research_key = layout.instance_key(
+        result.patient_id, result.study_uid, result.series_uid, result.sop_instance_uid
     )
     identifiers = set(result.identifiers) | path_identifiers(item.path)
     hits = scan_for_phi([(research_key, result.data)], identifiers)
@@ -277,7 +273,7 @@ def _deidentify_dicom(job: DeidJob, item: WorkItem) -> Outcome:
 def _deidentify_slide(job: DeidJob, item: WorkItem) -> Outcome:
     with tempfile.NamedTemporaryFile() as output, job.source.open_read(item.key) as source:
         result = deidentify_slide(source, output, job.key, job.policy)
-        research_key = join_key("slides", f"{result.slide_id}.tiff")
+        research_key = layout.slide_key(result.slide_id)
         output.flush()
         identifiers = set(result.identifiers) | path_identifiers(item.path)
         hits = scan_slide_file(research_key, output.name, identifiers)

@@ -22,19 +22,17 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-
-from prefect.events import Event
-from prefect.events.clients import get_events_client
-from prefect.runtime import flow_run as current_flow_run
-from prefect.utilities.asyncutils import run_coro_as_sync
+from typing import TYPE_CHECKING, Any
 
 from mira.errors import AlreadyExists
 from storage import Store, join_key
+from tasks import layout
 from tasks.ingest.dropzone import BatchRef, find_ready_batches
 
+if TYPE_CHECKING:  # Prefect is imported when a batch is announced, not by every ingest import
+    from prefect.events import Event
+
 BATCH_READY = "mira.batch.ready"
-ANNOUNCEMENTS = "events/batch-ready"
 CLAIM_NAME = "claim.json"
 EMITTED_NAME = "emitted.json"
 EVENT_NAMESPACE = uuid.UUID("5d1c7a1e-3f0b-5b8e-9a57-6d6972610002")
@@ -58,10 +56,10 @@ def batch_event_id(gateway: Store, batch: str) -> uuid.UUID:
 
 def announced_batches(gateway: Store) -> set[str]:
     """Batches whose announcement the server confirmed, from one listing."""
-    root = f"{ANNOUNCEMENTS}/"
+    root = f"{layout.ANNOUNCEMENTS}/"
     return {
         info.key[len(root) :].split("/")[0]
-        for info in gateway.list(ANNOUNCEMENTS)
+        for info in gateway.list(layout.ANNOUNCEMENTS)
         if info.key.startswith(root) and info.key.endswith(f"/{EMITTED_NAME}")
     }
 
@@ -76,6 +74,9 @@ def batch_ready_event(
     gateway: Store, ref: BatchRef, stores: Mapping[str, Any] | None, event_id: uuid.UUID
 ) -> Event:
     """The ``mira.batch.ready`` event of ``ref``; its payload carries what the pipeline needs."""
+    from prefect.events import Event
+    from prefect.runtime import flow_run as current_flow_run
+
     related = []
     if run_id := current_flow_run.id:
         related.append(
@@ -103,6 +104,8 @@ def batch_ready_event(
 
 def send_event(event: Event) -> None:
     """Emit ``event`` to the configured Prefect API and wait until the server confirms it."""
+    from prefect.events.clients import get_events_client
+    from prefect.utilities.asyncutils import run_coro_as_sync
 
     async def _send() -> None:
         async with get_events_client(checkpoint_every=1) as client:
@@ -113,8 +116,10 @@ def send_event(event: Event) -> None:
 
 def announce_batch(gateway: Store, ref: BatchRef, stores: Mapping[str, Any] | None) -> Announcement:
     """Claim, emit and mark one batch (see the module docstring for why in this order)."""
+    from prefect.runtime import flow_run as current_flow_run
+
     event_id = batch_event_id(gateway, ref.name)
-    folder = join_key(ANNOUNCEMENTS, ref.name)
+    folder = join_key(layout.ANNOUNCEMENTS, ref.name)
     record: dict[str, Any] = {
         "batch": ref.name,
         "event": BATCH_READY,

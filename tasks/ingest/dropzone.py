@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 from mira.errors import InvalidInput, ObjectNotFound
 from storage import ObjectInfo, Store, join_key
+from tasks import layout
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DROPZONE = "dropzone"
 READY_MARKER = "_READY"
 MANIFEST_NAME = "manifest.json"
 CONTROL_FILES = frozenset({READY_MARKER, MANIFEST_NAME})
@@ -79,7 +79,7 @@ class BatchContents:
         return key[len(self.ref.prefix) + 1 :]
 
 
-def scan_dropzone(gateway: Store, dropzone: str = DEFAULT_DROPZONE) -> DropZoneScan:
+def scan_dropzone(gateway: Store, dropzone: str = layout.DROPZONE) -> DropZoneScan:
     """Sort every batch of the drop zone into ready and waiting, from one listing."""
     root = join_key(dropzone)
     by_batch: dict[str, list[ObjectInfo]] = {}
@@ -102,7 +102,7 @@ def scan_dropzone(gateway: Store, dropzone: str = DEFAULT_DROPZONE) -> DropZoneS
     return DropZoneScan(tuple(ready), tuple(waiting))
 
 
-def find_ready_batches(gateway: Store, dropzone: str = DEFAULT_DROPZONE) -> list[BatchRef]:
+def find_ready_batches(gateway: Store, dropzone: str = layout.DROPZONE) -> list[BatchRef]:
     """The batches whose upload is complete; waiting ones are logged, never returned."""
     scan = scan_dropzone(gateway, dropzone)
     for batch in scan.waiting:
@@ -110,7 +110,7 @@ def find_ready_batches(gateway: Store, dropzone: str = DEFAULT_DROPZONE) -> list
     return list(scan.ready)
 
 
-def load_batch(gateway: Store, batch: str, dropzone: str = DEFAULT_DROPZONE) -> BatchContents:
+def load_batch(gateway: Store, batch: str, dropzone: str = layout.DROPZONE) -> BatchContents:
     """The contents of one ready batch; ``InvalidInput`` when it is still uploading."""
     check_batch_name(batch)
     prefix = join_key(dropzone, batch)

@@ -7,12 +7,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from mira import __version__
-from storage import Store, join_key
+from storage import Store
+from tasks import layout
 
 log = logging.getLogger(__name__)
-
-QUARANTINE_PREFIX = "quarantine"
-REASON_SUFFIX = ".reason.json"
 
 
 @dataclass(frozen=True)
@@ -34,7 +32,7 @@ def quarantine(gateway: Store, source_key: str, entry: QuarantineEntry) -> str:
 
     The source (in the drop zone) is left in place. Returns the quarantine key.
     """
-    target = join_key(QUARANTINE_PREFIX, entry.batch, entry.path)
+    target = layout.quarantine_key(entry.batch, entry.path)
     gateway.copy(source_key, target)
     write_reason(gateway, target, entry)
     return target
@@ -54,5 +52,5 @@ def write_reason(store: Store, target: str, entry: QuarantineEntry) -> None:
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "mira_version": __version__,
     }
-    store.write_json(target + REASON_SUFFIX, record)
+    store.write_json(layout.reason_key(target), record)
     log.info("quarantined %s/%s: %s", entry.batch, entry.path, entry.reason)

@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 from mira import __version__
 from mira.errors import AlreadyExists, InvalidInput, ObjectNotFound
 from storage import Store, join_key
+from tasks import layout
 from tasks.ingest.dropzone import (
-    DEFAULT_DROPZONE,
     BatchContents,
     BatchRef,
     batch_fingerprint,
@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 WorkItem = tuple[str, str, int, str | None]  # gateway key, path in the batch, size, manifest SHA
 
-INGEST_PREFIX = "ingest"
 ACCEPTED_NAME = "accepted.parquet"
 SUMMARY_NAME = "summary.json"
 IN_MEMORY_BYTES = 16 * 1024 * 1024  # smaller objects are fetched once, in one GET
@@ -140,7 +139,7 @@ def ingest_batch(
     gateway: Store,
     batch: str,
     *,
-    dropzone: str = DEFAULT_DROPZONE,
+    dropzone: str = layout.DROPZONE,
     dask_address: str = "",
     workers: int = 0,
     progress: Progress | None = None,
@@ -170,7 +169,7 @@ def _record_outcome(
     batch = contents.ref.name
     for item, rejection in verdicts.quarantined:
         _quarantine(gateway, batch, contents.ref.prefix, item, rejection)
-    accepted_key = join_key(INGEST_PREFIX, batch, ACCEPTED_NAME)
+    accepted_key = join_key(layout.INGEST, batch, ACCEPTED_NAME)
     table = accepted_table(batch, contents.ref.prefix, verdicts.accepted)
     accepted_info = gateway.write_bytes(accepted_key, _parquet_bytes(table))
     return _summary(contents, verdicts, accepted_key, accepted_info.sha256, started)
@@ -180,7 +179,7 @@ def _commit(gateway: Store, summary: dict[str, Any], dropzone: str) -> IngestRes
     """Publish the summary exclusively: the one step that marks the batch as ingested."""
     batch = str(summary["batch"])
     try:
-        gateway.write_json(join_key(INGEST_PREFIX, batch, SUMMARY_NAME), summary, exclusive=True)
+        gateway.write_json(join_key(layout.INGEST, batch, SUMMARY_NAME), summary, exclusive=True)
     except AlreadyExists:  # a concurrent run committed first: its record stands
         log.warning("batch %s was committed by another run meanwhile", batch)
         return _recorded_result(gateway, batch, dropzone)
@@ -197,17 +196,17 @@ def _commit(gateway: Store, summary: dict[str, Any], dropzone: str) -> IngestRes
 def is_ingested(gateway: Store, batch: str) -> bool:
     """Whether the batch has been ingested (its summary, the commit record, exists)."""
     check_batch_name(batch)
-    return gateway.exists(join_key(INGEST_PREFIX, batch, SUMMARY_NAME))
+    return gateway.exists(join_key(layout.INGEST, batch, SUMMARY_NAME))
 
 
 def read_accepted(gateway: Store, batch: str) -> pa.Table:
     """The accepted objects of an ingested batch (PHI side: patient IDs and paths as dropped)."""
-    summary_key = join_key(INGEST_PREFIX, batch, SUMMARY_NAME)
+    summary_key = join_key(layout.INGEST, batch, SUMMARY_NAME)
     if not is_ingested(gateway, batch):
         raise ObjectNotFound(
             f"batch {batch!r} has not been ingested: no {gateway.url_of(summary_key)}"
         )
-    data = gateway.read_bytes(join_key(INGEST_PREFIX, batch, ACCEPTED_NAME))
+    data = gateway.read_bytes(join_key(layout.INGEST, batch, ACCEPTED_NAME))
     return pq.read_table(pa.BufferReader(data))
 
 
@@ -286,9 +285,9 @@ def files_per_task(count: int) -> int:
 def ingested_objects(gateway: Store, exclude: str = "") -> dict[str, IngestedObject]:
     """Identities accepted by committed batches (those with a summary), other than ``exclude``."""
     known: dict[str, IngestedObject] = {}
-    for info in gateway.list(INGEST_PREFIX):
+    for info in gateway.list(layout.INGEST):
         parts = info.key.split("/")
-        if len(parts) != 3 or parts[0] != INGEST_PREFIX or parts[2] != SUMMARY_NAME:
+        if len(parts) != 3 or parts[0] != layout.INGEST or parts[2] != SUMMARY_NAME:
             continue
         if parts[1] == exclude:
             continue
@@ -461,7 +460,7 @@ def _summary(
 
 def _recorded_result(gateway: Store, batch: str, dropzone: str) -> IngestResult:
     """The committed result of an earlier ingest, if the drop zone still matches it."""
-    summary = gateway.read_json(join_key(INGEST_PREFIX, batch, SUMMARY_NAME))
+    summary = gateway.read_json(join_key(layout.INGEST, batch, SUMMARY_NAME))
     prefix = join_key(dropzone, batch)
     current = list_batch(gateway, prefix)
     if current and batch_fingerprint(prefix, current) != summary.get("fingerprint"):
@@ -483,7 +482,7 @@ def _result_from_summary(summary: Mapping[str, Any], *, already_done: bool) -> I
         already_done=already_done,
         accepted_key=str(summary["accepted_key"]),
         files=int(summary["files"]),
-        summary_key=join_key(INGEST_PREFIX, batch, SUMMARY_NAME),
+        summary_key=join_key(layout.INGEST, batch, SUMMARY_NAME),
     )
 
 

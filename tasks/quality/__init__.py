@@ -5,7 +5,7 @@ The public face of the wing; ``stage`` runs a batch, ``config`` holds the thresh
 """
 
 from tasks.quality.config import load_quality_config
-from tasks.quality.expectations import DOCS_PREFIX, DocsSite
+from tasks.quality.expectations import DocsSite
 from tasks.quality.review import decide, history, list_items
 from tasks.quality.stage import (
     QualitySummary,
@@ -17,7 +17,6 @@ from tasks.quality.stage import (
 )
 
 __all__ = [
-    "DOCS_PREFIX",
     "DocsSite",
     "QualitySummary",
     "assess_batch",

@@ -17,10 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mira.errors import ConfigError
-from mira.settings import load_settings
 
 Severity = Literal["fail", "warn", "info"]
-CONFIG_ENV = "MIRA_QUALITY_CONFIG"
 DEFAULT_CONFIG_NAME = "quality.yaml"
 
 
@@ -146,9 +144,9 @@ def default_config_text() -> str:
 
 
 def load_quality_config(path: str | Path | None = None) -> QualityConfig:
-    """The defaults with the override file merged on top: ``path``, else $MIRA_QUALITY_CONFIG."""
+    """The defaults with the override file ``path`` (``Settings.quality_config``) merged on top."""
     data = yaml.safe_load(default_config_text())
-    override = path or load_settings().quality_config
+    override = path
     if override:
         data = merge(data, read_config_file(override))
     try:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from mira.errors import ConfigError
 from storage import Store
+from tasks import layout
 from tasks.dataset import read_table
 from tasks.quality.config import ExpectationSpec, Severity, SuitesConfig
 
@@ -315,7 +316,6 @@ def outcome_of(result: Mapping[str, Any]) -> ExpectationOutcome:
     )
 
 
-DOCS_PREFIX = "quality/data_docs"
 SITE = ("uncommitted", "data_docs", "local_site")
 _EXTERNAL = r"""["']https?://[^"']*["']"""
 _OFFLINE_RULES = (
@@ -397,10 +397,10 @@ def _load_results(store: Store, batches: Iterable[str], gx_root: Path) -> None:
 
 def _publish_site(store: Store, site: Path) -> int:
     """Upload the site; unchanged static files are skipped, pages no longer built removed."""
-    existing = {o.key: o.size for o in store.list(f"{DOCS_PREFIX}/")}
+    existing = {o.key: o.size for o in store.list(f"{layout.DATA_DOCS}/")}
     written = set()
     for path in sorted(p for p in site.rglob("*") if p.is_file()):
-        key = f"{DOCS_PREFIX}/{path.relative_to(site).as_posix()}"
+        key = f"{layout.DATA_DOCS}/{path.relative_to(site).as_posix()}"
         written.add(key)
         data = path.read_bytes()
         if path.suffix != ".html" and existing.get(key) == len(data):
@@ -429,6 +429,6 @@ def build_data_docs(
         page.write_text(offline_html(page.read_text(encoding="utf-8")), encoding="utf-8")
     (site / "index.html").write_text(index_html(site, verdicts), encoding="utf-8")
     pages = _publish_site(store, site)
-    key = f"{DOCS_PREFIX}/index.html"
+    key = f"{layout.DATA_DOCS}/index.html"
     local = store.local_path(key)
     return DocsSite(key, store.url_of(key), str(local) if local else None, pages)

@@ -23,14 +23,14 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from mira.errors import TransientStoreError
-from storage import S3Config, Store, open_store
+from storage import Store
+from tasks import layout
 from tasks.quality.config import CheckConfig, DicomQAConfig, ImageQAConfig, Severity, SlideQAConfig
 
 log = logging.getLogger(__name__)
 
 ItemKind = Literal["instance", "slide"]
 FloatImage = NDArray[np.float64]
-THUMBNAIL_PREFIX = "review/thumbnails"
 # Checks whose score must stay at or under the threshold; every other check needs at least it.
 AT_MOST = frozenset({"empty", "out_of_focus", "pen_marks"})
 MAX_OVERVIEW_PX = 4096  # an overview level larger than this is read with a stride
@@ -93,7 +93,7 @@ def judge(name: str, config: CheckConfig, score: float, modality: str = "") -> C
 
 def thumbnail_key(key: str) -> str:
     """The review thumbnail of ``key``: one flat, safe name per catalog key."""
-    return f"{THUMBNAIL_PREFIX}/{re.sub(r'[^A-Za-z0-9._-]', '_', key.replace('/', '__'))}.png"
+    return f"{layout.THUMBNAILS}/{re.sub(r'[^A-Za-z0-9._-]', '_', key.replace('/', '__'))}.png"
 
 
 def luminance(image: NDArray[Any]) -> FloatImage:
@@ -224,13 +224,6 @@ class SlideLevel:
         return region[..., :3]
 
 
-def pyramid_key(slide_key: str) -> str:
-    """``slides/<slide>.tiff`` -> ``pyramids/<slide>.ome.zarr`` (written by the convert stage)."""
-    stem = slide_key.rsplit("/", 1)[-1]
-    stem = re.sub(r"\.(ome\.)?(tiff?|svs)$", "", stem, flags=re.IGNORECASE)
-    return f"pyramids/{stem}.ome.zarr"
-
-
 def multiscale_paths(attrs: dict[str, Any]) -> list[str]:
     """Array paths of an OME-NGFF multiscale, largest first (0.5 nests them under "ome")."""
     meta = attrs.get("ome", attrs)
@@ -244,7 +237,7 @@ def slide_levels(store: Store, key: str) -> Iterator[list[SlideLevel]]:
     """The levels of a slide, largest first: its OME-Zarr pyramid when one exists, else the TIFF."""
     import zarr
 
-    pyramid = pyramid_key(key)
+    pyramid = layout.pyramid_key(key)
     if store.exists(f"{pyramid}/zarr.json"):
         group = zarr.open_group(store.zarr_store(pyramid, read_only=True), mode="r")
         paths = multiscale_paths(dict(group.attrs))
@@ -409,17 +402,13 @@ def assess_item(store: Store, item: QAItem, config: ImageQAConfig) -> ItemReport
         )
 
 
-def assess_group(
-    items: Sequence[QAItem], research_url: str, s3: S3Config | None, config: ImageQAConfig
-) -> list[ItemReport]:
-    """One Dask task: open the store once and judge a group of items."""
-    store = open_store(research_url, s3)
+def assess_group(items: Sequence[QAItem], store: Store, config: ImageQAConfig) -> list[ItemReport]:
+    """One Dask task: judge a group of items (the store travels pickled, by URL and config)."""
     return [assess_item(store, item, config) for item in items]
 
 
 def assess_items(
-    research_url: str,
-    s3: S3Config | None,
+    store: Store,
     items: Sequence[QAItem],
     config: ImageQAConfig,
     *,
@@ -434,8 +423,6 @@ def assess_items(
     size = config.group_size
     groups = [list(items[i : i + size]) for i in range(0, len(items), size)]
     with dask_client(dask_address, workers) as client:
-        futures = client.map(
-            assess_group, groups, research_url=research_url, s3=s3, config=config, pure=False
-        )
+        futures = client.map(assess_group, groups, store=store, config=config, pure=False)
         results = client.gather(futures)
     return [report for group in results for report in group]

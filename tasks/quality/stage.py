@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from mira import __version__
 from mira.errors import ConfigError, InvalidInput
-from storage import S3Config, Store, open_store
+from storage import Store
 from tasks.dataset import (
     QUALITY_SCHEMA,
     list_parts,
@@ -166,10 +166,9 @@ def items_of(frames: Mapping[str, Any]) -> list[QAItem]:
 
 
 def assess_batch(
-    research_url: str,
+    store: Store,
     batch: str,
     *,
-    s3: S3Config | None = None,
     config: QualityConfig | None = None,
     identifiers: Sequence[str] = (),
     dask_address: str = "",
@@ -183,7 +182,6 @@ def assess_batch(
     batch whose catalog rows, config and identifier count are unchanged since its last
     validation keeps that validation and nothing is rewritten (pipeline reruns).
     """
-    store = open_store(research_url, s3)
     config = config or load_quality_config()
     fingerprint = input_fingerprint(store, batch, config, len(identifiers))
     if reuse_current and (earlier := current_summary(store, batch, fingerprint)) is not None:
@@ -197,7 +195,7 @@ def assess_batch(
     publish_gx_files(store, batch, run.gx_files)
     items = items_of(frames)
     reports = assess_items(
-        research_url, s3, items, config.image_qa, dask_address=dask_address, workers=workers
+        store, items, config.image_qa, dask_address=dask_address, workers=workers
     )
     rows = [o.quality_row(batch) for o in run.outcomes] + item_rows(batch, reports)
     write_part(store, "quality", batch, pa.Table.from_pylist(rows, QUALITY_SCHEMA))
@@ -276,9 +274,8 @@ def read_validation(store: Store, batch: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def publish_data_docs(research_url: str, s3: S3Config | None = None) -> DocsSite:
+def publish_data_docs(store: Store) -> DocsSite:
     """Rebuild the Data Docs of every validated batch into ``quality/data_docs/``."""
-    store = open_store(research_url, s3)
     verdicts = batch_verdicts(store)
     with tempfile.TemporaryDirectory(prefix="mira-docs-") as workdir:
         return build_data_docs(store, sorted(verdicts), verdicts, Path(workdir))

@@ -5,16 +5,20 @@ means), ``regions`` (the work units), ``ngff`` (metadata and publishing) and ``j
 passthrough codec).
 """
 
+from tasks.wsi.catalog_rows import catalog_pyramids
 from tasks.wsi.convert import (
     ConversionResult,
     ConvertOptions,
     convert_pending_slides,
     convert_slide,
 )
+from tasks.wsi.record import CompletionRecord
 
 __all__ = [
+    "CompletionRecord",
     "ConversionResult",
     "ConvertOptions",
+    "catalog_pyramids",
     "convert_pending_slides",
     "convert_slide",
 ]

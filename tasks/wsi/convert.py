@@ -35,6 +35,7 @@ from distributed import Client, Future, as_completed, fire_and_forget
 import mira
 from mira.errors import InvalidInput
 from storage import ObjectInfo, Store, join_key
+from tasks import layout
 from tasks.parallel import dask_client
 from tasks.wsi.jpeg import level0_codecs
 from tasks.wsi.ngff import (
@@ -47,6 +48,7 @@ from tasks.wsi.ngff import (
     run_fingerprint,
 )
 from tasks.wsi.pyramid import ChunkCodec, PyramidPlan
+from tasks.wsi.record import CompletionRecord
 from tasks.wsi.regions import (
     RegionJob,
     RegionTask,
@@ -65,10 +67,6 @@ from tasks.wsi.source import (
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-SLIDES_PREFIX = "slides/"
-SLIDE_SUFFIX = ".tiff"
-PYRAMIDS_PREFIX = "pyramids/"
-PYRAMID_SUFFIX = ".ome.zarr"
 ROOT_DOCUMENTS = ("zarr.json", ".zattrs", ".zgroup")
 PARENT_PRIORITY = 1_000_000_000
 # The in-process cluster's own housekeeping runs on the event loop, holding the GIL the region
@@ -127,12 +125,6 @@ class ConversionResult:
     skipped: bool
 
 
-def pyramid_key_for(slide_key: str) -> str:
-    """``slides/<slide>.tiff`` -> ``pyramids/<slide>.ome.zarr``."""
-    name = slide_key.removeprefix(SLIDES_PREFIX).removesuffix(SLIDE_SUFFIX)
-    return f"{PYRAMIDS_PREFIX}{name}{PYRAMID_SUFFIX}"
-
-
 def convert_slide(
     source: Store,
     source_key: str,
@@ -172,7 +164,7 @@ def convert_pending_slides(research: Store, options: ConvertOptions) -> list[Con
     pending: list[_Work] = []
     for info in _slide_objects(research):
         started = time.perf_counter()
-        pyramid_key = pyramid_key_for(info.key)
+        pyramid_key = layout.pyramid_key(info.key)
         record = read_completion_record(research, pyramid_key)
         sha = _current_sha(research, info.key, info, record, None)
         if record is not None and _is_current(record, sha, options):
@@ -256,14 +248,16 @@ def _runs_here(work: _Work, options: ConvertOptions) -> bool:
 
 
 def _slide_objects(research: Store) -> Iterator[ObjectInfo]:
-    for info in research.list(SLIDES_PREFIX):
-        name = info.key.removeprefix(SLIDES_PREFIX)
-        if info.key.endswith(SLIDE_SUFFIX) and "/" not in name:
-            yield info
+    for info in research.list(f"{layout.SLIDES}/"):
+        try:
+            layout.slide_id_of(info.key)
+        except InvalidInput:
+            continue  # not a research slide (a stray object, a sub-folder)
+        yield info
 
 
 def _current_sha(
-    source: Store, key: str, info: ObjectInfo, record: dict[str, Any] | None, known: str | None
+    source: Store, key: str, info: ObjectInfo, record: CompletionRecord | None, known: str | None
 ) -> str | None:
     """The source's SHA-256 when it decides whether to convert: given, or the record's when the
     object is provably unchanged since (same etag and size: it was not rewritten), else computed
@@ -274,21 +268,14 @@ def _current_sha(
         return known
     if record is None:
         return None if info.etag else source.sha256(key)
-    if info.etag and (record.get("source_etag"), record.get("source_size")) == (
-        info.etag,
-        info.size,
-    ):
-        return str(record["source_sha256"])
+    if info.etag and (record.source_etag, record.source_size) == (info.etag, info.size):
+        return record.source_sha256
     return source.sha256(key)
 
 
-def _is_current(record: dict[str, Any], sha: str | None, options: ConvertOptions) -> bool:
+def _is_current(record: CompletionRecord, sha: str | None, options: ConvertOptions) -> bool:
     """Whether the published pyramid was made from the same content with the same options."""
-    return (
-        sha is not None
-        and record["source_sha256"] == sha
-        and record.get("options") == options.settings()
-    )
+    return sha is not None and record.source_sha256 == sha and record.options == options.settings()
 
 
 def _source_identity(work: _Work) -> str:
@@ -301,17 +288,17 @@ def _source_identity(work: _Work) -> str:
 
 
 def _skipped(
-    source_key: str, pyramid_key: str, record: dict[str, Any], started: float
+    source_key: str, pyramid_key: str, record: CompletionRecord, started: float
 ) -> ConversionResult:
-    shape = record.get("shape") or [0, 0, 0]
+    shape = record.shape or (0, 0, 0)
     return ConversionResult(
         source_key=source_key,
-        source_sha256=record["source_sha256"],
+        source_sha256=record.source_sha256,
         pyramid_key=pyramid_key,
-        levels=int(record.get("levels", 0)),
-        shape=(int(shape[-2]), int(shape[-1])),
-        mpp=(record.get("slide") or {}).get("mpp_x"),
-        bytes_raw=int(record.get("bytes_raw", 0)),
+        levels=record.levels,
+        shape=(shape[-2], shape[-1]),
+        mpp=record.mpp,
+        bytes_raw=record.bytes_raw,
         seconds=time.perf_counter() - started,
         skipped=True,
     )
@@ -352,19 +339,19 @@ def _convert(
             _run_on_dask(client, job, tasks, progress)
         sha256 = hashing.result() if hashing is not None else work.sha256
     assert sha256 is not None
-    record = {
-        "source_key": work.source_key,
-        "source_sha256": sha256,
-        "source_size": work.info.size,
-        "source_etag": work.info.etag,
-        "mira_version": mira.__version__,
-        "layout_version": LAYOUT_VERSION,
-        "options": options.settings(),
-        "slide": asdict(slide),
-        "levels": plan.levels,
-        "shape": list(plan.array_shape(0)),
-        "bytes_raw": _bytes_raw(plan),
-    }
+    record = CompletionRecord(
+        source_key=work.source_key,
+        source_sha256=sha256,
+        source_size=work.info.size,
+        source_etag=work.info.etag,
+        mira_version=mira.__version__,
+        layout_version=LAYOUT_VERSION,
+        options=options.settings(),
+        slide=asdict(slide),
+        levels=plan.levels,
+        shape=plan.array_shape(0),
+        bytes_raw=_bytes_raw(plan),
+    )
     attributes = root_attributes(plan, slide, options.ngff_version, record)
     publish_root(work.target, work.pyramid_key, options.ngff_version, attributes)
     seconds = time.perf_counter() - work.started

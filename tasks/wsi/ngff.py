@@ -33,6 +33,7 @@ from zarr.core.sync import sync
 
 from storage import Store, join_key
 from tasks.wsi.pyramid import INTERLEAVED, ChunkCodec, PyramidPlan
+from tasks.wsi.record import CompletionRecord
 from tasks.wsi.source import SlideMetadata
 
 NgffVersion = Literal["0.5", "0.4"]
@@ -195,13 +196,13 @@ def omero(plan: PyramidPlan) -> dict[str, Any]:
 
 
 def root_attributes(
-    plan: PyramidPlan, slide: SlideMetadata, version: NgffVersion, record: Mapping[str, Any]
+    plan: PyramidPlan, slide: SlideMetadata, version: NgffVersion, record: CompletionRecord
 ) -> dict[str, Any]:
     """The root group's attributes: the OME metadata in the version's place, plus ``mira``."""
     ome = {"multiscales": [multiscales(plan, slide, version)], "omero": omero(plan)}
     if version == "0.5":
-        return {"ome": {"version": "0.5", **ome}, "mira": dict(record)}
-    return {**ome, "mira": dict(record)}
+        return {"ome": {"version": "0.5", **ome}, "mira": record.to_attributes()}
+    return {**ome, "mira": record.to_attributes()}
 
 
 def publish_root(
@@ -220,14 +221,13 @@ def publish_root(
         put_objects(store, {key: text.encode()})
 
 
-def read_completion_record(target: Store, pyramid_key: str) -> dict[str, Any] | None:
+def read_completion_record(target: Store, pyramid_key: str) -> CompletionRecord | None:
     """The ``mira`` record of a published pyramid (either NGFF version), or None when absent."""
     document = _read_json(target, join_key(pyramid_key, "zarr.json"))
     attributes = document.get("attributes") if document else None
     if attributes is None:
         attributes = _read_json(target, join_key(pyramid_key, ".zattrs"))
-    record = (attributes or {}).get("mira")
-    return record if isinstance(record, dict) and record.get("source_sha256") else None
+    return CompletionRecord.from_attributes((attributes or {}).get("mira"))
 
 
 def store_objects(

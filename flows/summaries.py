@@ -1,0 +1,69 @@
+"""What each stage flow returns: typed summaries the CLI renders and the UI shows as the result.
+
+A stage whose work is one task returns that task's result record (``IngestResult``,
+``DeidStageResult``, ``SplitResult``); the models here add what a flow assembles from several
+tasks. Pydantic, so a summary validates, serialises to JSON for Prefect, and reads by attribute.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from tasks.dataset import SnapshotResult, SplitResult
+from tasks.deid import DeidStageResult
+from tasks.ingest import IngestResult
+from tasks.quality import QualitySummary
+from tasks.wsi import ConversionResult
+
+
+class StageSummary(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ConvertSummary(StageSummary):
+    """Slides converted by this run and slides whose pyramid was already current."""
+
+    converted: int
+    current: int
+    slides: tuple[ConversionResult, ...] = ()
+
+
+class QualityRunSummary(StageSummary):
+    """The gate verdict over the batches validated, each batch's summary, and the Data Docs."""
+
+    verdict: Literal["pass", "fail"]
+    batches: tuple[QualitySummary, ...]
+    data_docs: str | None = None
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        return {summary.batch: summary.verdict for summary in self.batches}
+
+    @property
+    def queued_for_review(self) -> int:
+        return sum(len(summary.queued_for_review) for summary in self.batches)
+
+
+class SnapshotSummary(StageSummary):
+    """The snapshot taken (``created``), or an existing one ``kept`` under the same name."""
+
+    name: str
+    top_hash: str
+    kept: bool = False
+    created: SnapshotResult | None = None
+    verified: int | None = None  # objects re-hashed after creation
+
+
+class PipelineSummary(StageSummary):
+    """One batch through the stages; a stage that did not run is None, a failure sets ``error``."""
+
+    batch: str
+    ingest: IngestResult | None = None
+    deidentify: DeidStageResult | None = None
+    convert: ConvertSummary | None = None
+    quality: QualityRunSummary | None = None
+    split: SplitResult | None = None
+    snapshot: SnapshotSummary | None = None
+    error: str | None = None
