@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -51,8 +52,9 @@ def inspect_dicom(stream: BinaryIO, size: int, detected: DetectedFormat) -> Dico
             full = _read_header(stream, detected, stop_before_pixels=False)
             has_pixels = any(tag in full for tag in PIXEL_TAGS)
         else:
+            header_end = stream.tell()  # where the parser stopped: the pixel data, if any
             _check_header_complete(ds, size)
-            has_pixels = _check_structure(stream, ds, size)
+            has_pixels = _check_structure(stream, ds, size, header_end)
         return _dicom_header(ds, has_pixels)
 
 
@@ -80,9 +82,16 @@ def _is_truncation(err: Exception) -> bool:
     return isinstance(err, EOFError) or "truncated" in text or "end of file" in text
 
 
+def _raw_elements(ds: pydicom.Dataset) -> Iterator[Any]:
+    """The top-level elements as parsed, deferred values left unread: reading one would fetch
+    a large value for nothing and move the stream the structure checks walk."""
+    for tag in sorted(ds.keys()):
+        yield ds.get_item(tag, keep_deferred=True)
+
+
 def _check_header_complete(ds: pydicom.Dataset, size: int) -> None:
     """Every top-level header value must lie inside the file (pydicom reads short values quietly)."""
-    for element in ds.elements():
+    for element in _raw_elements(ds):
         if not isinstance(element, RawDataElement) or element.length == UNDEFINED_LENGTH:
             continue
         if element.value_tell + element.length > size:
@@ -102,7 +111,7 @@ class _Layout:
     order: str  # struct byte order: "<" or ">"
 
 
-def _check_structure(stream: BinaryIO, ds: pydicom.Dataset, size: int) -> bool:
+def _check_structure(stream: BinaryIO, ds: pydicom.Dataset, size: int, header_end: int) -> bool:
     """Check that the file ends where its last element says it does; True when it has pixels.
 
     The pixel data's declared length (or its fragments, for encapsulated data) must fit in the
@@ -111,12 +120,11 @@ def _check_structure(stream: BinaryIO, ds: pydicom.Dataset, size: int) -> bool:
     """
     implicit, little = _encoding(ds)
     layout = _Layout(size, implicit, "<" if little else ">")
-    start = stream.tell()
-    header = _element_header(stream, start, layout)
+    header = _element_header(stream, header_end, layout)
     if header is not None and header[0] in PIXEL_TAGS:
-        _check_elements_from(stream, start, layout)
+        _check_elements_from(stream, header_end, layout)
         return True
-    last = max(ds.elements(), key=_value_tell, default=None)
+    last = max(_raw_elements(ds), key=_value_tell, default=None)
     if isinstance(last, RawDataElement) and last.length != UNDEFINED_LENGTH:
         _check_elements_from(stream, last.value_tell + last.length, layout)
     elif getattr(last, "is_undefined_length", False):

@@ -20,11 +20,16 @@ RejectReason = Literal[
     "duplicate-uid-conflict",
     "not-in-manifest",
     "invalid-pyramid",
+    "size-mismatch",
+    "decompression-bomb",
+    "not-a-regular-file",
+    "invalid-name",
 ]
 DetectedFormat = Literal["dicom", "dicom-no-preamble", "tiff", "bigtiff", "svs", "empty", "unknown"]
 ObjectKind = Literal["dicom", "slide"]
 
 DETAIL_CHARS = 400
+DEFAULT_MAX_DECODED_BYTES = 1024**3  # the most bytes one check may decode (a tile, a data set)
 
 
 @dataclass(frozen=True)
