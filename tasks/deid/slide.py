@@ -1,12 +1,14 @@
 """De-identify a whole-slide image (Aperio SVS or a generic pyramidal TIFF) into a new TIFF.
 
-Label and macro images (they photograph the glass label: name, barcode, accession number) are
-dropped; the pyramid levels are copied tile by tile as their raw compressed bytes (same
-compression, same JPEG tables), so pixels are bit-identical and nothing is re-encoded. Only an
-allow-list of TIFF tags is written, so DateTime, Artist, HostComputer, Software, DocumentName,
-PageName, XMP and unknown vendor tags never reach the output. The Aperio ImageDescription keeps
-its ``Aperio Image Library`` header (tifffile and OpenSlide detect SVS by it) and only the
-policy's safe keys; the thumbnail stays, so the file still reads as SVS.
+Only the pyramid is kept: level 0 and its reductions, chosen by geometry (:mod:`slide_pages`);
+label, macro, thumbnail and every other page are dropped whatever their descriptions say, since
+they may photograph the glass label (name, MRN, birth date). The levels are copied tile by tile
+as their raw compressed bytes (same compression, same JPEG tables), so pixels are bit-identical
+and nothing is re-encoded; SubIFD levels stay SubIFDs. Only an allow-list of TIFF tags is
+written, so DateTime, Artist, HostComputer, Software, DocumentName, PageName, XMP and unknown
+vendor tags never reach the output. The Aperio ImageDescription keeps its ``Aperio Image
+Library`` header (tifffile and OpenSlide detect SVS by it) and only the policy's safe keys, and
+an Aperio file gets a thumbnail rebuilt from its smallest level, so it still reads as SVS.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import tifffile
 
 from mira.errors import DeidentificationError, InvalidInput
 from tasks.deid.identifiers import date_forms, is_searchable, value_tokens
 from tasks.deid.profile import SLIDE_DEVICE_KEYS, DeidOption, DeidPolicy
 from tasks.deid.pseudonyms import check_key, pseudonymize_slide
+from tasks.deid.slide_pages import PyramidPages, pyramid_pages, pyramid_thumbnail
 
 _CHUNK = 1 << 22
 _APERIO_FIRST_LINE = re.compile(r"Aperio Image (?:Library|Format)(?: v?[0-9A-Za-z.\-]+)?")
@@ -35,7 +39,7 @@ _APERIO_DATE = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{2,4})")
 _TIFF_DATETIME = re.compile(r"(\d{4}):(\d{2}):(\d{2})")
 _IDENTIFYING_TIFF_TAGS = ("Artist", "HostComputer", "DocumentName", "PageName", "DateTime")
 _NAME_PARTS = re.compile(r"[_\s]+")
-_ASSOCIATED = re.compile(r"\b(label|macro)\b", re.IGNORECASE)
+_THUMBNAIL_JPEG_LEVEL = 90
 
 Source = str | Path | IO[bytes]
 
@@ -44,7 +48,8 @@ Source = str | Path | IO[bytes]
 class SlideDeidResult:
     """What was written: the slide's pseudonym, what was removed and the optics kept.
 
-    ``identifiers`` are the PHI tokens found in the input, for the PHI scan only."""
+    ``removed_images`` names the pages the output lacks (an Aperio thumbnail is rebuilt, not
+    lacking); ``identifiers`` are the PHI tokens found in the input, for the PHI scan only."""
 
     slide_id: str
     vendor: str
@@ -60,26 +65,72 @@ def deidentify_slide(src: Source, dst: Source, key: bytes, policy: DeidPolicy) -
     check_key(key)
     digest = _sha256(src)
     with _open_tiff(src) as tif:
-        vendor = "aperio" if tif.pages.first.is_svs else "generic"
-        kept, removed = _classify_pages(tif, vendor)
+        pages = pyramid_pages(tif)
+        vendor = "aperio" if pages.base.is_svs else "generic"
         identifiers = collect_slide_identifiers(tif, policy)
         if isinstance(src, str | Path):
             identifiers |= {t for t in (Path(src).name, Path(src).stem) if is_searchable(t)}
-        safe_keys = _safe_keys(policy)
         bigtiff = tif.is_bigtiff or _source_size(tif) > 0xF0000000
-        first = tif.pages.first
-        mpp, magnification = _optics(first, vendor)
+        mpp, magnification = _optics(pages.base, vendor)
         with tifffile.TiffWriter(dst, bigtiff=bigtiff) as writer:
-            for page in kept:
-                _copy_page(writer, tif, page, _scrub_description(page, vendor, safe_keys))
+            _write_pyramid(writer, tif, pages, vendor, _safe_keys(policy))
+    removed = pages.removed
+    if vendor == "aperio":
+        removed = tuple(n for n in removed if n not in ("associated-1", "thumbnail"))  # rebuilt
     return SlideDeidResult(
         slide_id=pseudonymize_slide(digest, key),
         vendor=vendor,
-        removed_images=tuple(removed),
+        removed_images=removed,
         identifiers=frozenset(identifiers),
         mpp=mpp,
         magnification=magnification,
-        levels=sum(1 for page in kept if page.is_tiled),
+        levels=pages.count,
+    )
+
+
+def _write_pyramid(
+    writer: tifffile.TiffWriter,
+    tif: tifffile.TiffFile,
+    pages: PyramidPages,
+    vendor: str,
+    safe_keys: frozenset[str],
+) -> None:
+    """Level 0 (with its SubIFD levels), the rebuilt Aperio thumbnail, then the other levels."""
+
+    def description(page: tifffile.TiffPage) -> str:
+        return _scrub_description(page, vendor, safe_keys)
+
+    base = pages.base
+    _copy_page(writer, tif, base, description(base), subifds=len(pages.subifd_levels))
+    for page in pages.subifd_levels:
+        _copy_page(writer, tif, page, "")
+    if vendor == "aperio":
+        _write_thumbnail(writer, pages, description(base))
+    for page in pages.levels:
+        _copy_page(writer, tif, page, description(page))
+
+
+def _write_thumbnail(
+    writer: tifffile.TiffWriter, pages: PyramidPages, base_description: str
+) -> None:
+    """The second page of an Aperio file: a thumbnail made of the smallest level's pixels."""
+    source = pages.smallest
+    if source.planarconfig != 1 or source.samplesperpixel not in (1, 3):
+        raise DeidentificationError("cannot rebuild the thumbnail of a planar or multi-band SVS")
+    thumbnail = pyramid_thumbnail(source)
+    header = base_description.split("|")[0].splitlines()[0]
+    size = f"{pages.base.imagewidth}x{pages.base.imagelength}"
+    text = f"{header}\r\n{size} -> {thumbnail.shape[1]}x{thumbnail.shape[0]} - "
+    jpeg = thumbnail.dtype == np.uint8
+    writer.write(
+        thumbnail,
+        photometric="rgb" if thumbnail.ndim == 3 else "minisblack",
+        compression="jpeg" if jpeg else "zlib",
+        compressionargs={"level": _THUMBNAIL_JPEG_LEVEL} if jpeg else None,
+        rowsperstrip=16,
+        description=text,
+        software=False,
+        metadata=None,
     )
 
 
@@ -114,32 +165,6 @@ def _sha256(src: Source) -> str:
 
 def _source_size(tif: tifffile.TiffFile) -> int:
     return int(tif.filehandle.size)
-
-
-def _classify_pages(tif: tifffile.TiffFile, vendor: str) -> tuple[list[Any], list[str]]:
-    """Split the pages into those kept (levels, SVS thumbnail) and the names of those removed."""
-    kept: list[Any] = []
-    removed: list[str] = []
-    for index, page in enumerate(tif.pages):
-        if not isinstance(page, tifffile.TiffPage):
-            raise DeidentificationError(f"page {index} of the slide cannot be parsed")
-        if page.subifds:
-            raise DeidentificationError("slides with SubIFD pyramids are not supported yet")
-        match = _ASSOCIATED.search(page.description.split("|")[0]) if page.description else None
-        if match:
-            removed.append(match.group(1).lower())
-        elif page.is_tiled or (vendor == "aperio" and index == 1):
-            kept.append(page)
-        else:
-            removed.append(_associated_name(page))
-    if not any(page.is_tiled for page in kept):
-        raise InvalidInput("the TIFF holds no tiled pyramid level")
-    return kept, removed
-
-
-def _associated_name(page: tifffile.TiffPage) -> str:
-    """A name for an unidentified associated image (removed: it may photograph a label)."""
-    return {1: "label", 9: "macro"}.get(int(page.subfiletype), f"associated-{page.index}")
 
 
 def _safe_keys(policy: DeidPolicy) -> frozenset[str]:
@@ -246,9 +271,14 @@ def _number(text: str | None) -> float | None:
 
 
 def _copy_page(
-    writer: tifffile.TiffWriter, tif: tifffile.TiffFile, page: tifffile.TiffPage, description: str
+    writer: tifffile.TiffWriter,
+    tif: tifffile.TiffFile,
+    page: tifffile.TiffPage,
+    description: str,
+    subifds: int = 0,
 ) -> None:
-    """Write one page from its raw compressed tiles or strips (no decoding, no re-encoding)."""
+    """Write one page from its raw compressed tiles or strips (no decoding, no re-encoding);
+    the next ``subifds`` pages written become its SubIFDs."""
     handle = tif.filehandle
 
     def segments() -> Iterator[bytes]:
@@ -273,11 +303,13 @@ def _copy_page(
             bitspersample=page.bitspersample,
             compression=page.compression,
             predictor=page.predictor if page.predictor != 1 else None,
-            subsampling=page.subsampling if page.photometric == 6 else None,
+            subsampling=page.subsampling if page.photometric in (2, 6) else None,
+            compressionargs=_jpeg_colorspace(page),
             jpegtables=page.jpegtables,
             iccprofile=page.iccprofile,
             description=description or None,
             subfiletype=page.subfiletype,
+            subifds=subifds or None,
             software=False,
             metadata=None,
             **resolution,
@@ -285,6 +317,14 @@ def _copy_page(
         )
     except Exception as err:
         raise DeidentificationError(f"cannot copy slide page {page.index}: {err}") from err
+
+
+def _jpeg_colorspace(page: tifffile.TiffPage) -> dict[str, Any] | None:
+    """Keep a JPEG page's PhotometricInterpretation: tifffile writes YCbCr by default, and
+    Aperio's RGB-tagged JPEG tiles are decoded wrongly when retagged YCbCr."""
+    if page.compression == 7 and page.photometric in (2, 6):
+        return {"outcolorspace": int(page.photometric)}
+    return None
 
 
 def _resolution(page: tifffile.TiffPage) -> dict[str, Any]:
