@@ -9,6 +9,7 @@ fails the test instead of the machine.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -20,10 +21,13 @@ from typing import Any
 import psutil
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
 from storage import Store
 from tasks.ingest.sniff import inspect_object
+from tasks.ingest.stage import ingest_batch
 
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent
@@ -126,3 +130,45 @@ def test_a_large_element_does_not_hide_a_cut(element: str) -> None:
     for cut in (len(data) - 700, len(data) // 2, 2000):
         result = inspect_object(data[:cut])
         assert result.rejection is not None and result.rejection.reason == "truncated", cut
+
+
+# Item 13: short fragments and the manifest's sizes.
+
+
+@pytest.mark.parametrize("cut", [133, 140, 150, 200, 330, 364])
+def test_short_dicom_fragments_are_truncated(cut: int) -> None:
+    result = inspect_object(testdata("CT_small.dcm")[:cut])
+    assert result.rejection is not None
+    assert result.rejection.reason == "truncated", result.rejection.detail
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_every_cut_dicom_is_truncated(data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from(["CT_small.dcm", "JPEG2000.dcm"]))  # no trailing padding
+    whole = testdata(name)
+    cut = data.draw(st.integers(min_value=132, max_value=len(whole) - 1))
+    result = inspect_object(whole[:cut])
+    assert result.rejection is not None
+    assert result.rejection.reason == "truncated", (cut, result.rejection.detail)
+
+
+def test_manifest_sizes_are_compared(local_store: Store) -> None:
+    ct = testdata("CT_small.dcm")
+    mr = testdata("MR_small.dcm")
+    files = {"wrong-size.dcm": ct, "cut.dcm": ct[:20000], "good.dcm": mr}
+    for path, data in files.items():
+        local_store.write_bytes(f"dropzone/m1/{path}", data)
+    entries = [
+        {"path": "wrong-size.dcm", "sha256": hashlib.sha256(ct).hexdigest(), "size": 1000},
+        {"path": "cut.dcm", "sha256": hashlib.sha256(ct).hexdigest(), "size": len(ct)},
+        {"path": "good.dcm", "sha256": hashlib.sha256(mr).hexdigest(), "size": len(mr)},
+    ]
+    local_store.write_json("dropzone/m1/manifest.json", {"batch": "m1", "files": entries})
+
+    result = ingest_batch(local_store, "m1")
+
+    assert result.accepted == 1 and result.quarantined == {"size-mismatch": 2}
+    record = reason_of(local_store, "m1", "cut.dcm")
+    assert record["reason"] == "size-mismatch" and record["size"] == 20000
+    assert str(len(ct)) in record["detail"] and "20000" in record["detail"]

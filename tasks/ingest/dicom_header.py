@@ -15,12 +15,17 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from storage.base import read_up_to
 from tasks.ingest.inspection import DetectedFormat, DicomHeader, RejectedObject
 
+META_START = 132  # the file meta information follows the 128-byte preamble and "DICM"
+FILE_META_GROUP = 0x0002
+TRUNCATION_SIGNS = ("truncated", "end of file", "unpack requires a buffer", "no tag to read")
 DEFER_BYTES = 64 * 1024  # header values above this are skipped, not read (overlays, private blobs)
 REQUIRED_DICOM = (
     "SOPClassUID",
@@ -45,6 +50,8 @@ def inspect_dicom(stream: BinaryIO, size: int, detected: DetectedFormat) -> Dico
     """Parse the header up to the pixel data, check truncation and the attributes we rely on."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about every odd value; verdicts come below
+        if detected == "dicom":
+            _check_file_meta(stream, size)
         ds = _read_header(stream, detected, stop_before_pixels=True)
         if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
             # offsets inside a deflated data set refer to the inflated bytes; inflating the whole
@@ -77,9 +84,30 @@ def _read_header(stream: BinaryIO, detected: DetectedFormat, *, stop_before_pixe
     return ds
 
 
+def _check_file_meta(stream: BinaryIO, size: int) -> None:
+    """Walk the file meta information (group 0002, after the preamble) element by element: a
+    file that ends inside it, or right after it with no data set, is cut."""
+    layout = _Layout(size, implicit=False, order="<")
+    position = META_START
+    while (header := _element_header(stream, position, layout)) is not None:
+        tag, length, header_length = header
+        if tag >> 16 != FILE_META_GROUP or length == UNDEFINED_LENGTH:
+            return  # the data set starts here (or the meta is odd: the parser judges it)
+        position += header_length + length
+        if position > size:
+            raise RejectedObject(
+                "truncated", f"the {size}-byte file ends inside its file meta information"
+            )
+    raise RejectedObject(
+        "truncated", f"the {size}-byte file ends after its file meta information, before any data"
+    )
+
+
 def _is_truncation(err: Exception) -> bool:
+    """Whether pydicom failed for want of bytes: at the end of the file, inside an element
+    header (a short ``struct`` read) or inside a sequence item ("no tag to read")."""
     text = str(err).lower()
-    return isinstance(err, EOFError) or "truncated" in text or "end of file" in text
+    return isinstance(err, EOFError) or any(sign in text for sign in TRUNCATION_SIGNS)
 
 
 def _raw_elements(ds: pydicom.Dataset) -> Iterator[Any]:
@@ -219,14 +247,14 @@ def _dicom_header(ds: pydicom.Dataset, has_pixels: bool) -> DicomHeader:
     values = {keyword: _text(ds.get(keyword)) for keyword in REQUIRED_DICOM}
     missing = [keyword for keyword, value in values.items() if not value]
     if missing:
+        _check_not_cut_before(ds, missing)
         raise RejectedObject(
             "missing-attribute", f"required attribute(s) absent: {', '.join(missing)}"
         )
     is_image = "Image Storage" in UID(values["SOPClassUID"]).name
     if is_image and not has_pixels:
-        raise RejectedObject(
-            "missing-attribute", "PixelData absent from an image SOP class (the file may be cut)"
-        )
+        _check_not_cut_before(ds, ["PixelData"])
+        raise RejectedObject("missing-attribute", "PixelData absent from an image SOP class")
     rows, columns = _positive_int(ds.get("Rows")), _positive_int(ds.get("Columns"))
     if (is_image or has_pixels) and (rows is None or columns is None):
         raise RejectedObject("missing-attribute", "image without positive Rows and Columns")
@@ -244,6 +272,19 @@ def _dicom_header(ds: pydicom.Dataset, has_pixels: bool) -> DicomHeader:
         transfer_syntax=transfer_syntax or TRANSFER_SYNTAX_BY_ENCODING[_encoding(ds)],
         burned_in_annotation=_text(ds.get("BurnedInAnnotation")) or None,
     )
+
+
+def _check_not_cut_before(ds: pydicom.Dataset, missing: list[str]) -> None:
+    """Elements are stored in tag order, so a data set that ends before the place of an absent
+    attribute may simply have been cut there (at an element boundary): call that truncated."""
+    last = max(ds.keys(), default=None)
+    after_end = [keyword for keyword in missing if last is None or tag_for_keyword(keyword) > last]
+    if after_end:
+        end = "holds no element" if last is None else f"ends with element {Tag(last)}"
+        raise RejectedObject(
+            "truncated",
+            f"the data set {end}, before where {', '.join(after_end)} belongs: the file is cut",
+        )
 
 
 def _encoding(ds: pydicom.Dataset) -> tuple[bool, bool]:

@@ -337,11 +337,19 @@ def judge(
 
 
 def _manifest_rejection(contents: BatchContents, item: InspectedObject) -> Rejection | None:
-    if contents.manifest is None or item.path in contents.manifest:
+    """An object the manifest does not list, or of another size than it promises (an upload
+    cut short or replaced: the size says which, where the checksum only says "different")."""
+    if contents.manifest is None:
         return None
-    return Rejection(
-        "not-in-manifest", "the batch has a manifest.json that does not list this file"
-    )
+    entry = contents.manifest.get(item.path)
+    if entry is None:
+        return Rejection(
+            "not-in-manifest", "the batch has a manifest.json that does not list this file"
+        )
+    if entry.size != item.inspection.size:
+        detail = f"{item.inspection.size} bytes where the manifest promises {entry.size}"
+        return Rejection("size-mismatch", detail)
+    return None
 
 
 def _duplicate_record(
