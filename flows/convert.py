@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
 from flows.params import StoreParams
+from flows.reporting import publish_summary, run_name
 from flows.retry import RETRY_POLICY
 from flows.summaries import ConvertSummary
 from mira.settings import Settings
@@ -46,16 +47,34 @@ def convert_pending_task(settings: Settings, params: ConvertParams) -> list[Conv
     return results
 
 
-@flow(name="convert", log_prints=False)
+@flow(name="convert", flow_run_name=run_name("convert"), log_prints=False)
 def convert_slides(
-    params: ConvertParams | None = None, stores: StoreParams | None = None
+    params: ConvertParams | None = None,
+    stores: StoreParams | None = None,
+    batch: str | None = None,
 ) -> ConvertSummary:
-    """Convert every de-identified slide that has no current pyramid; returns what was done."""
+    """Convert every de-identified slide that has no current pyramid; returns what was done.
+
+    Args:
+        params: How pyramids are written.
+        stores: Where the stores are; empty fields use the worker's MIRA_* settings.
+        batch: The batch whose arrival started this run (names the run); every pending slide
+            of the research store is converted, whichever batch brought it.
+    """
     settings = (stores or StoreParams()).settings()
     results = convert_pending_task(settings, params or ConvertParams())
     converted = [r for r in results if not r.skipped]
-    get_run_logger().info(
-        "%d slides converted, %d already current", len(converted), len(results) - len(converted)
+    current = len(results) - len(converted)
+    if converted or not current:
+        message = f"{len(converted)} slides converted, {current} already current"
+    else:
+        message = f"all {current} slides already converted"
+    get_run_logger().info("%s", message)
+    publish_summary(
+        "convert",
+        batch or "all",
+        "slide conversion",
+        [("result", message), *((r.pyramid_key, f"{r.levels} levels") for r in converted)],
     )
     return ConvertSummary(
         converted=len(converted), current=len(results) - len(converted), slides=tuple(results)

@@ -27,6 +27,7 @@ import httpx
 from prefect import Flow
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.logging.loggers import flow_run_logger
+from pydantic import BaseModel
 
 from mira.settings import Settings, load_settings
 
@@ -95,6 +96,8 @@ def _summary_of(state: State) -> Any:
         return None
     if isinstance(value, BaseException):
         return None
+    if isinstance(value, BaseModel):  # the stage summaries (flows/summaries.py)
+        return value.model_dump(mode="json")
     return json.loads(json.dumps(value, default=str))
 
 

@@ -8,7 +8,7 @@ fails the run. Every stage is idempotent, so a rerun of a batch adds and rewrite
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
 from pydantic import BaseModel, Field
 
 from flows.convert import ConvertParams, convert_slides
@@ -17,6 +17,7 @@ from flows.ingest import ingest
 from flows.notify import notify_on_completion, notify_on_failure
 from flows.params import StoreParams
 from flows.quality import QualityOptions, quality
+from flows.reporting import batch_tag, run_name, tag_this_run
 from flows.snapshot import SnapshotParams, snapshot
 from flows.split import SplitParams, split
 from flows.summaries import PipelineSummary
@@ -47,6 +48,7 @@ class PipelineOptions(BaseModel):
 
 @flow(
     name="pipeline",
+    flow_run_name=run_name("pipeline"),
     log_prints=False,
     on_completion=[notify_on_completion],
     on_failure=[notify_on_failure],
@@ -55,12 +57,24 @@ class PipelineOptions(BaseModel):
 def pipeline(
     batch: str, stores: StoreParams | None = None, options: PipelineOptions | None = None
 ) -> PipelineSummary:
-    """Run every stage for drop-zone batch ``batch``; returns one summary per stage."""
+    """Run every stage for drop-zone batch ``batch``; returns one summary per stage.
+
+    Args:
+        batch: The drop-zone batch: its folder name under ``dropzone/`` on the gateway.
+        stores: Where the stores are; empty fields use the worker's MIRA_* settings.
+        options: What happens after the quality gate (split, snapshot, pyramid options).
+    """
     stores = stores or StoreParams()
     options = options or PipelineOptions()
+    tag_this_run(batch_tag(batch))
+    with tags(batch_tag(batch)):
+        return _run_stages(batch, stores, options)
+
+
+def _run_stages(batch: str, stores: StoreParams, options: PipelineOptions) -> PipelineSummary:
     ingested = ingest(batch, stores)
     deidentified = deidentify(batch, stores)
-    converted = convert_slides(options.convert, stores)
+    converted = convert_slides(options.convert, stores, batch)
     judged = quality(batch, stores, options.quality)
     if judged.verdict == "fail":
         failed = judged.batches[0].failed_checks

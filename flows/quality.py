@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
 from flows.params import StoreParams
+from flows.reporting import publish_summary, run_name
 from flows.retry import RETRY_POLICY
 from flows.summaries import QualityRunSummary
 from mira.settings import Settings
@@ -72,13 +73,19 @@ def data_docs_task(settings: Settings) -> DocsSite:
     return publish_data_docs(settings.research())
 
 
-@flow(name="quality", log_prints=False)
+@flow(name="quality", flow_run_name=run_name("quality"), log_prints=False)
 def quality(
     batch: str | None = None,
     stores: StoreParams | None = None,
     options: QualityOptions | None = None,
 ) -> QualityRunSummary:
-    """Validate ``batch`` (every catalog batch when empty); returns counts and gate verdicts."""
+    """Validate ``batch`` (every catalog batch when empty); returns counts and gate verdicts.
+
+    Args:
+        batch: The batch to validate, as named in the catalog; empty re-validates every batch.
+        stores: Where the stores are; empty fields use the worker's MIRA_* settings.
+        options: How the batch is judged.
+    """
     settings = (stores or StoreParams()).settings()
     options = options or QualityOptions()
     log = get_run_logger()
@@ -97,8 +104,25 @@ def quality(
         summaries.append(summary)
     changed = [s for s in summaries if not s.reused]
     docs = data_docs_task(settings) if options.build_docs and changed else None
-    return QualityRunSummary(
+    result = QualityRunSummary(
         verdict="fail" if any(s.verdict == "fail" for s in summaries) else "pass",
         batches=tuple(summaries),
         data_docs=docs.index_url if docs else None,
     )
+    publish_summary(
+        "quality",
+        batch or "all",
+        f"quality gate: {result.verdict}",
+        [
+            *(
+                (
+                    s.batch,
+                    f"{s.verdict}; failed: {', '.join(s.failed_checks) or 'none'}; "
+                    f"{len(s.queued_for_review)} of {s.items_checked} items queued for review",
+                )
+                for s in summaries
+            ),
+            ("Data Docs", result.data_docs),
+        ],
+    )
+    return result

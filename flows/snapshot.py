@@ -6,9 +6,11 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from flows.params import StoreParams
+from flows.reporting import publish_summary
 from flows.retry import RETRY_POLICY
 from flows.summaries import SnapshotSummary
 from mira.errors import IntegrityError, ObjectNotFound
@@ -82,7 +84,13 @@ def snapshot_name(template: str) -> str:
     return template.replace("{date}", start.astimezone(UTC).strftime("%Y-%m-%d"))
 
 
-@flow(name="snapshot", log_prints=False)
+def _run_name() -> str:
+    params = flow_run.parameters.get("params")
+    name = params.get("name") if isinstance(params, dict) else getattr(params, "name", None)
+    return f"snapshot/{snapshot_name(name) if name else 'unnamed'}"
+
+
+@flow(name="snapshot", flow_run_name=_run_name, log_prints=False)
 def snapshot(params: SnapshotParams, stores: StoreParams | None = None) -> SnapshotSummary:
     """Create snapshot ``params.name`` of the research store's dataset (and verify it)."""
     settings = (stores or StoreParams()).settings()
@@ -92,7 +100,9 @@ def snapshot(params: SnapshotParams, stores: StoreParams | None = None) -> Snaps
         existing = existing_card_task(settings, params.name)
         if existing is not None:
             log.info("snapshot %s exists (top hash %s); kept", params.name, existing["top_hash"])
-            return SnapshotSummary(name=params.name, top_hash=existing["top_hash"], kept=True)
+            kept = SnapshotSummary(name=params.name, top_hash=existing["top_hash"], kept=True)
+            publish_summary("snapshot", params.name, f"snapshot {params.name} (kept)", _rows(kept))
+            return kept
     result = create_snapshot_task(settings, params)
     log.info("snapshot %s: %d objects, top hash %s", result.name, result.entries, result.top_hash)
     if result.enforcement != "s3-object-lock":
@@ -103,6 +113,20 @@ def snapshot(params: SnapshotParams, stores: StoreParams | None = None) -> Snaps
         if not report.ok:
             raise IntegrityError(report.summary())
         verified = report.checked
-    return SnapshotSummary(
+    summary = SnapshotSummary(
         name=result.name, top_hash=result.top_hash, created=result, verified=verified
     )
+    publish_summary("snapshot", result.name, f"snapshot {result.name}", _rows(summary))
+    return summary
+
+
+def _rows(summary: SnapshotSummary) -> list[tuple[str, object]]:
+    rows: list[tuple[str, object]] = [("top hash", summary.top_hash)]
+    if summary.created is not None:
+        rows += [
+            ("objects", summary.created.entries),
+            ("bytes", summary.created.bytes),
+            ("protection", summary.created.enforcement),
+            ("verified objects", summary.verified),
+        ]
+    return rows

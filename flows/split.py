@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
 from flows.params import StoreParams
+from flows.reporting import publish_summary, run_name
 from flows.retry import RETRY_POLICY
 from mira.settings import Settings
 from tasks.dataset import SplitRatios, SplitResult, split_dataset
@@ -38,7 +39,7 @@ def split_dataset_task(settings: Settings, params: SplitParams) -> SplitResult:
     )
 
 
-@flow(name="split", log_prints=False)
+@flow(name="split", flow_run_name=run_name("split", "params.name"), log_prints=False)
 def split(params: SplitParams | None = None, stores: StoreParams | None = None) -> SplitResult:
     """Split the research store's dataset by patient; returns the split summary."""
     settings = (stores or StoreParams()).settings()
@@ -53,4 +54,13 @@ def split(params: SplitParams | None = None, stores: StoreParams | None = None) 
     )
     for row in result.balance:
         log.info("  %s %s: %d patients, %d items", row.split, row.stratum, row.patients, row.items)
+    publish_summary(
+        "split",
+        result.name,
+        f"split {result.name}: {result.patients} patients ({result.new_patients} new)",
+        [
+            (f"{row.split} / {row.stratum}", f"{row.patients} patients, {row.items} items")
+            for row in result.balance
+        ],
+    )
     return result

@@ -1,13 +1,15 @@
 """Ingest: a drop-zone batch checked object by object into an accepted list and a quarantine.
 
 The public face of the wing; ``stage`` runs a batch, ``dropzone`` reads batches and manifests,
-``sniff`` and ``dicom_header`` inspect objects, ``quarantine`` records refusals with a reason, and
-``announce`` is the sensor's claim/emit/mark protocol.
+``sniff`` and ``dicom_header`` inspect objects, ``quarantine_zone`` records refusals with a reason,
+``announce`` is the sensor's claim/emit/mark protocol and ``redact`` keeps object names on the
+gateway.
 """
 
 from tasks.ingest.announce import BATCH_READY, Announcement, announce_batch, pending_batches
 from tasks.ingest.dropzone import BatchRef, find_ready_batches
 from tasks.ingest.quarantine_zone import QuarantineEntry, quarantine, write_reason
+from tasks.ingest.redact import GatewayNames, gateway_names_hidden
 from tasks.ingest.sniff import sniff_format
 from tasks.ingest.stage import IngestResult, ingest_batch, read_accepted
 
@@ -15,10 +17,12 @@ __all__ = [
     "BATCH_READY",
     "Announcement",
     "BatchRef",
+    "GatewayNames",
     "IngestResult",
     "QuarantineEntry",
     "announce_batch",
     "find_ready_batches",
+    "gateway_names_hidden",
     "ingest_batch",
     "pending_batches",
     "quarantine",
