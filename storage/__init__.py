@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storage.base import ObjectInfo, Retention, S3Config, Store, join_key, sha256_stream
+from storage.base import (
+    ObjectInfo,
+    ObjectVersion,
+    Retention,
+    S3Config,
+    Store,
+    join_key,
+    sha256_stream,
+)
 
 __all__ = [
     "ObjectInfo",
+    "ObjectVersion",
     "Retention",
     "S3Config",
     "Store",

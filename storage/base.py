@@ -40,6 +40,18 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
+class ObjectVersion:
+    """One version of an object, or a delete marker (which hides the versions below it)."""
+
+    key: str
+    version_id: str | None
+    size: int = 0
+    last_modified: datetime | None = None
+    latest: bool = False  # what a read without a version id sees (a delete marker: nothing)
+    delete_marker: bool = False
+
+
+@dataclass(frozen=True)
 class Retention:
     """Object Lock retention of one object version (write-once until ``until``)."""
 
@@ -197,6 +209,13 @@ class Store(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object below ``prefix``, recursively, sorted by key, with sizes."""
+
+    def list_versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
+        """Every version and delete marker below ``prefix``, sorted by key; for each key its
+        versions oldest first, then its delete markers oldest first. A store without versions
+        lists each object once, as its only version."""
+        for obj in self.list(prefix):
+            yield ObjectVersion(obj.key, obj.version_id, obj.size, obj.last_modified, latest=True)
 
     @abstractmethod
     def exists(self, key: str) -> bool:

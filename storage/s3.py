@@ -17,7 +17,15 @@ from typing import IO, Any, BinaryIO
 import s3fs
 
 from mira.errors import AccessDenied, InvalidInput, ObjectLocked, ObjectNotFound
-from storage.base import ObjectInfo, Retention, S3Config, Store, join_key, read_up_to
+from storage.base import (
+    ObjectInfo,
+    ObjectVersion,
+    Retention,
+    S3Config,
+    Store,
+    join_key,
+    read_up_to,
+)
 from storage.errors import translate_errors, with_retries
 
 PART_BYTES = 16 * 1024 * 1024
@@ -120,13 +128,15 @@ class S3Store(Store):
 
     def read_bytes(self, key: str, version_id: str | None = None) -> bytes:
         """The whole object in one GET, so one version: a read through ``open_read`` fetches it in
-        blocks, and fails (s3fs ``FileExpired``) when the object is replaced between two."""
+        blocks, and fails (s3fs ``FileExpired``) when the object is replaced between two. One
+        GET also for large objects: s3fs would first HEAD the key without the version (which
+        fails under a delete marker), then fetch ranges concurrently."""
         path = f"{self.bucket}/{self._key(key)}"
 
         @with_retries
         def fetch() -> bytes:
             with translate_errors(self.url_of(key)):
-                return bytes(self.fs.cat_file(path, version_id=version_id))
+                return bytes(self.fs.cat_file(path, version_id=version_id, max_concurrency=1))
 
         return fetch()
 
@@ -239,6 +249,40 @@ class S3Store(Store):
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return entries
+
+    def list_versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
+        """S3 lists each key's versions and delete markers newest first, apart; their order, not
+        ``LastModified`` (one second for several writes), tells which version came first."""
+        root = join_key(self.prefix)
+        wanted = self._key(prefix) if prefix else root
+        wanted = wanted if not root or wanted != root else root + "/"
+        found: dict[str, tuple[builtins.list[ObjectVersion], builtins.list[ObjectVersion]]] = {}
+        strip = len(root) + 1 if root else 0
+        marker: dict[str, str] = {}
+        while True:
+            page = self._call("list_object_versions", prefix, Prefix=wanted, **marker)
+            for kind, is_marker in (("Versions", False), ("DeleteMarkers", True)):
+                for entry in page.get(kind, []):
+                    objects, markers = found.setdefault(entry["Key"][strip:], ([], []))
+                    (markers if is_marker else objects).append(
+                        ObjectVersion(
+                            key=entry["Key"][strip:],
+                            version_id=entry.get("VersionId"),
+                            size=int(entry.get("Size", 0)),
+                            last_modified=entry.get("LastModified"),
+                            latest=bool(entry.get("IsLatest")),
+                            delete_marker=is_marker,
+                        )
+                    )
+            if not page.get("IsTruncated"):
+                break
+            marker = {"KeyMarker": page["NextKeyMarker"]}
+            if page.get("NextVersionIdMarker"):
+                marker["VersionIdMarker"] = page["NextVersionIdMarker"]
+        for key in sorted(found):
+            versions, markers = found[key]
+            yield from reversed(versions)
+            yield from reversed(markers)
 
     def exists(self, key: str) -> bool:
         try:

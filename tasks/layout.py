@@ -33,6 +33,7 @@ DATA_DOCS = "quality/data_docs"
 REVIEW = "review"
 THUMBNAILS = "review/thumbnails"
 SNAPSHOTS = "snapshots"
+SNAPSHOT_INDEX = "snapshots/_index"  # no snapshot name starts with "_"
 
 _SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -85,3 +86,8 @@ def check_snapshot_name(name: str) -> str:
 def snapshot_folder(name: str) -> str:
     """``snapshots/<name>``, the folder of a snapshot's manifest, card and export."""
     return join_key(SNAPSHOTS, check_snapshot_name(name))
+
+
+def snapshot_index_key(name: str) -> str:
+    """``snapshots/_index/<name>.json``, the locked record of which versions are the snapshot."""
+    return join_key(SNAPSHOT_INDEX, f"{check_snapshot_name(name)}.json")

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from mira.cli.root import app, register_commands
 from storage import open_store
-from tasks.dataset import catalog
+from tasks.dataset import catalog, list_snapshots
 from tasks.sample.generate import generate_sample_data
 
 pytest_plugins = ["tests.prefect_fixtures"]
@@ -35,7 +35,7 @@ def test_mira_run_goes_through_every_stage(
     store = open_store(research)
     assert catalog.read_table(store, "instances").num_rows == 28
     assert [o.key for o in store.list("pyramids") if o.key.endswith("/zarr.json")][:1]
-    assert {s.split("/")[1] for s in (o.key for o in store.list("snapshots"))} == {
+    assert {s.name for s in list_snapshots(store) if s.complete} == {
         "after-batch-0001-radiology",
         "after-batch-0002-pathology",
     }

@@ -122,6 +122,7 @@ def create(
         ("top hash", result.top_hash),
         ("manifest", result.manifest_url),
         ("card", result.card_url),
+        ("index", result.index_url),
         ("protection", result.enforcement),
         ("locked objects", str(result.locked_objects)),
     ):
@@ -143,9 +144,11 @@ def verify(
 ) -> None:
     """Re-hash every object and check the manifest against the top hash.
 
-    Objects are read at their recorded versions. Lists each object that
-    changed, is missing, or appeared in a folder the snapshot covers; exits 1
-    on any difference.
+    Objects are read at their recorded versions, and the card and manifest
+    at the snapshot's own first (locked) versions. Lists each object that
+    changed, is missing, or appeared in a folder the snapshot covers, and
+    each version or delete marker put over the snapshot's card, manifest or
+    index entry (tampering); exits 1 on any of them.
     """
     from tasks.dataset import verify_snapshot
 
@@ -159,6 +162,10 @@ def verify(
         )
     for problem in report.manifest_problems:
         out.print(f"[bold red]manifest:[/] {problem}")
+    for overwrite in report.overwrites:
+        out.print(f"[bold red]tampering:[/] {overwrite.describe()}")
+    if report.limits:
+        out.print(f"[bold yellow]not checked:[/] {report.limits}")
     if report.problems:
         table = Table(title=f"snapshot {name!r}: differences")
         table.add_column("object", overflow="fold", ratio=3)
@@ -194,9 +201,8 @@ def list_command(ctx: typer.Context) -> None:
         if not s.complete:
             table.add_row(s.name, "[yellow]incomplete (no card)[/]", "-", "-", "-", "-")
             continue
-        table.add_row(
-            s.name, s.created_at, str(s.entries), f"{s.bytes:,}", s.enforcement, s.top_hash
-        )
+        protection = s.enforcement + (" [bold red](tampered: run verify)[/]" if s.tampered else "")
+        table.add_row(s.name, s.created_at, str(s.entries), f"{s.bytes:,}", protection, s.top_hash)
     out.print(table)
 
 

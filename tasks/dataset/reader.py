@@ -1,7 +1,9 @@
 """Reading snapshots: the card, the manifest checked against its top hash, and every object checked.
 
 Every read here checks the manifest against the card's top hash before trusting a single row,
-and ``iter_split`` checks each object's SHA-256 as it reads it. Writing is ``snapshot``.
+and ``iter_split`` checks each object's SHA-256 as it reads it. Where the store keeps versions,
+the card and manifest are read at the snapshot's own first versions (``versions``), so what a
+plain PUT or DELETE puts over them is never read. Writing is ``snapshot``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import pyarrow.parquet as pq
 from mira.errors import IntegrityError, InvalidInput, ObjectNotFound
 from storage import Store
 from tasks import layout
-from tasks.dataset.manifest import SnapshotEntry, card_key, entries, manifest_key, top_hash
+from tasks.dataset.manifest import SnapshotEntry, entries, manifest_key, top_hash
+from tasks.dataset.versions import locate_snapshot, read_card
 
 
 @dataclass(frozen=True)
@@ -34,14 +37,17 @@ class SnapshotSummary:
     top_hash: str
     enforcement: str
     complete: bool
+    tampered: bool = False  # versions or delete markers over its own: see `mira snapshot verify`
 
 
 def load_card(store: Store, name: str) -> dict[str, Any]:
-    """The dataset card of snapshot ``name``."""
-    try:
-        card: dict[str, Any] = store.read_json(card_key(name))
-    except ObjectNotFound as err:
-        raise ObjectNotFound(f"no snapshot {name!r} (no {store.url_of(card_key(name))})") from err
+    """The dataset card of snapshot ``name``: its first (locked) version where the store keeps
+    versions, whatever was put over it; ``IntegrityError`` if it disagrees with its index."""
+    card, problems = read_card(store, locate_snapshot(store, name))
+    if problems:
+        raise IntegrityError(
+            f"snapshot {name!r}: {problems[0]}: run `mira snapshot verify` for details"
+        )
     return card
 
 
@@ -66,14 +72,13 @@ def load_manifest(store: Store, name: str, card: Mapping[str, Any] | None = None
 
 
 def list_snapshots(store: Store) -> list[SnapshotSummary]:
-    """Every snapshot in the store, by name; one without a card is incomplete."""
-    names = sorted(
-        {o.key.split("/")[1] for o in store.list(f"{layout.SNAPSHOTS}/") if o.key.count("/") >= 2}
-    )
+    """Every snapshot in the store, by name, read as ``load_card`` reads it (a delete marker
+    over its card does not hide it); one without a card is incomplete."""
     summaries = []
-    for name in names:
+    for name in snapshot_names(store):
         try:
-            card = load_card(store, name)
+            located = locate_snapshot(store, name)
+            card, problems = read_card(store, located)
         except ObjectNotFound:
             summaries.append(SnapshotSummary(name, "", 0, 0, "", "", complete=False))
             continue
@@ -86,9 +91,22 @@ def list_snapshots(store: Store) -> list[SnapshotSummary]:
                 top_hash=card["top_hash"],
                 enforcement=card["retention"]["enforcement"],
                 complete=True,
+                tampered=bool(problems or located.overwrites),
             )
         )
     return summaries
+
+
+def snapshot_names(store: Store) -> list[str]:
+    """The names of the snapshots with any object or version in the store, or an index entry."""
+    names = set()
+    index_folder = layout.SNAPSHOT_INDEX + "/"
+    for version in store.list_versions(f"{layout.SNAPSHOTS}/"):
+        if version.key.startswith(index_folder):
+            names.add(version.key.removeprefix(index_folder).removesuffix(".json"))
+        elif version.key.count("/") >= 2:
+            names.add(version.key.split("/")[1])
+    return sorted(names)
 
 
 def read_checked(store: Store, entry: SnapshotEntry) -> bytes:

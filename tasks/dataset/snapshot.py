@@ -4,7 +4,9 @@ The dataset is every catalog instance and slide that is not excluded (``excluded
 plus each slide's pyramid objects, each with the split of its patient. ``create_snapshot``
 hashes every object at a pinned version, writes the manifest exclusively, locks the
 manifest, the card and every listed object version, and records one top hash (a Merkle
-root) in the card. Checking a snapshot (verify, diff, reading) is ``tasks.dataset.reader``.
+root) in the card, then the versions and SHA-256s of card and manifest in a locked,
+exclusively created index entry (``tasks.dataset.versions``). Checking a snapshot (verify,
+diff, reading) is ``tasks.dataset.reader`` and ``tasks.dataset.verify``.
 
 Protection depends on the store: S3 Object Lock is WORM; a local folder only makes files
 read-only (weaker: anyone with filesystem rights can undo it; the top hash is the proof).
@@ -42,6 +44,7 @@ from tasks.dataset.manifest import (
 )
 from tasks.dataset.reader import load_card, load_manifest
 from tasks.dataset.verify import DEFAULT_WORKERS, list_folder, observe, unlisted_keys
+from tasks.dataset.versions import index_entry, own_versions, write_index
 from tasks.parallel import Progress, parallel_map
 
 log = logging.getLogger(__name__)
@@ -103,6 +106,7 @@ class SnapshotResult:
     top_hash: str
     manifest_url: str
     card_url: str
+    index_url: str
     enforcement: str
     note: str
     locked_objects: int
@@ -233,7 +237,7 @@ def enforcement_of(store: Store) -> str:
     """What protects a snapshot on this store: Object Lock, read-only files, or nothing."""
     if store.supports_object_lock:
         return "s3-object-lock"
-    return "local-read-only" if store.local_path("") is not None else "none"
+    return "local-read-only" if store.is_local else "none"
 
 
 def lock_version(store: Store, key: str, version_id: str | None, retention: Retention) -> None:
@@ -357,8 +361,11 @@ def create_snapshot(
 ) -> SnapshotResult:
     """Publish snapshot ``name`` of the dataset as it is now; an existing name is refused."""
     lock = lock or LockPolicy()
-    if store.exists(manifest_key(layout.check_snapshot_name(name))):
-        raise AlreadyExists(f"snapshot {name!r} already exists: {store.url_of(manifest_key(name))}")
+    if any(own_versions(store, layout.check_snapshot_name(name)).values()):
+        hidden = "" if store.exists(card_key(name)) else " (hidden by delete markers)"
+        raise AlreadyExists(
+            f"snapshot {name!r} already exists{hidden}: {store.url_of(card_key(name))}"
+        )
     created = now or datetime.now(UTC)
     rows = add_pyramids(store, collect_dataset(store, split_name), workers)
     rows = _pin_objects(store, rows, workers, progress)
@@ -399,6 +406,8 @@ def create_snapshot(
     }
     text = json.dumps(card, indent=2, sort_keys=True) + "\n"
     card_info = store.write_bytes(card_key(name), text.encode(), exclusive=True, retention=protect)
+    entry = index_entry(name, card_info, manifest_info, root, card["created_at"])
+    index_info = write_index(store, name, entry, protect)
     log.info("snapshot %s: %d objects, top hash %s", name, manifest.num_rows, root)
     return SnapshotResult(
         name=name,
@@ -407,6 +416,7 @@ def create_snapshot(
         top_hash=root,
         manifest_url=store.url_of(manifest_info.key),
         card_url=store.url_of(card_info.key),
+        index_url=store.url_of(index_info.key),
         enforcement=enforcement,
         note=note,
         locked_objects=manifest.num_rows if protect else 0,

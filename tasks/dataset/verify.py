@@ -1,4 +1,8 @@
-"""Verifying and comparing snapshots: every object re-hashed at its pinned version; diffs by key."""
+"""Verifying and comparing snapshots: every object re-hashed at its pinned version; diffs by key.
+
+The snapshot verified is its own first (locked) card and manifest (``versions``); versions and
+delete markers put over them are reported as tampering, and the snapshot is still verified.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ import pyarrow.compute as pc
 
 from mira.errors import IntegrityError, ObjectNotFound
 from storage import Store, sha256_stream
-from tasks.dataset.manifest import BATCH_ROWS, SnapshotEntry, entries, manifest_key, top_hash
-from tasks.dataset.reader import load_card, load_manifest, read_manifest
+from tasks.dataset.manifest import BATCH_ROWS, SnapshotEntry, entries, top_hash
+from tasks.dataset.reader import load_manifest, read_manifest
+from tasks.dataset.versions import Overwrite, locate_snapshot, read_card
 from tasks.parallel import Progress, parallel_map
 
 DEFAULT_WORKERS = 8
@@ -69,24 +74,37 @@ class VerifyReport:
     checked: int
     manifest_problems: tuple[str, ...]
     problems: tuple[ObjectProblem, ...]
+    overwrites: tuple[Overwrite, ...] = ()  # tampering with the snapshot's own objects
+    limits: str = ""  # what this store lets verify not see
 
     @property
     def ok(self) -> bool:
-        return not self.manifest_problems and not self.problems
+        return not self.manifest_problems and not self.problems and not self.overwrites
 
     def count(self, problem: str) -> int:
         return sum(1 for p in self.problems if p.problem == problem)
 
     def summary(self) -> str:
         """One line: what was checked and what differs."""
+        verified = f"the manifest and all {self.checked} objects verified"
         if self.ok:
-            return f"snapshot {self.name!r}: the manifest and all {self.checked} objects verified"
-        parts = [f"{self.count(kind)} {kind}" for kind in ("changed", "missing", "appeared")]
-        text = f"snapshot {self.name!r} does not verify: {', '.join(parts)}"
-        if self.manifest_problems:
-            text += f"; manifest: {'; '.join(self.manifest_problems)}"
-        named = [p.key for p in self.problems[:3]]
-        return text + (f" (e.g. {', '.join(named)})" if named else "")
+            return f"snapshot {self.name!r}: {verified}"
+        if self.problems or self.manifest_problems:
+            parts = [f"{self.count(kind)} {kind}" for kind in ("changed", "missing", "appeared")]
+            text = f"snapshot {self.name!r} does not verify: {', '.join(parts)}"
+            if self.manifest_problems:
+                text += f"; manifest: {'; '.join(self.manifest_problems)}"
+            named = [p.key for p in self.problems[:3]]
+            text += f" (e.g. {', '.join(named)})" if named else ""
+        else:
+            text = f"snapshot {self.name!r}: {verified} at its locked versions"
+        if self.overwrites:
+            keys = sorted({o.key for o in self.overwrites})
+            text += (
+                f"; TAMPERING: {len(self.overwrites)} versions or delete markers put over "
+                f"its own objects ({', '.join(keys)})"
+            )
+        return text
 
 
 DIFF_SQL = """
@@ -165,7 +183,7 @@ def unlisted_keys(
 def _manifest_problems(
     store: Store, name: str, card: Mapping[str, Any], expected_top_hash: str | None
 ) -> tuple[pa.Table, list[str]]:
-    """The manifest at its recorded version, and every way it or its key disagrees with the card."""
+    """The manifest at its recorded version, and every way it disagrees with the card."""
     problems = []
     if expected_top_hash and expected_top_hash != card["top_hash"]:
         problems.append(f"the card's top hash {card['top_hash']} is not {expected_top_hash}")
@@ -181,16 +199,31 @@ def _manifest_problems(
     keys = manifest.column("key").combine_chunks()
     if len(keys) > 1 and not pc.all(pc.less(keys.slice(0, len(keys) - 1), keys.slice(1))).as_py():
         problems.append("its keys are not sorted and unique")
-    if recorded.get("version_id"):
-        try:
-            current = store.info(manifest_key(name)).version_id
-        except ObjectNotFound:
-            current = "(deleted)"
-        if current != recorded["version_id"]:
-            problems.append(
-                f"its key now shows version {current}, not the locked {recorded['version_id']}"
-            )
     return manifest, problems
+
+
+def limits_of(store: Store, card: Mapping[str, Any], expected_top_hash: str | None) -> str:
+    """What tampering this store lets ``verify`` miss, unless a top hash kept elsewhere is given."""
+    if expected_top_hash:
+        return ""
+    keep = "compare the top hash with a copy kept elsewhere (--top-hash)"
+    if not store.supports_versions:
+        return (
+            "this store keeps no versions: a manifest, card and index replaced together look "
+            f"genuine, and a deleted card reads as no snapshot; {keep}"
+        )
+    retention = card.get("retention", {})
+    if retention.get("enforcement") != "s3-object-lock":
+        return (
+            "no Object Lock: whoever may delete versions can remove the snapshot's own and put "
+            f"others first; {keep}"
+        )
+    if retention.get("mode") == "GOVERNANCE":
+        return (
+            "GOVERNANCE lock: a user allowed to bypass governance retention can delete the "
+            f"snapshot's versions and put others first; {keep}"
+        )
+    return ""
 
 
 def _compare(entry: SnapshotEntry, seen: Observation) -> ObjectProblem | None:
@@ -233,9 +266,11 @@ def verify_snapshot(
     """Re-hash every object of snapshot ``name`` at its recorded version; report all differences.
 
     Also checks the manifest against the card's top hash (and ``expected_top_hash``, a copy
-    kept elsewhere), and lists objects that appeared inside the folders the snapshot covers.
+    kept elsewhere), lists objects that appeared inside the folders the snapshot covers, and
+    reports versions and delete markers put over the snapshot's own card, manifest and index.
     """
-    card = load_card(store, name)
+    located = locate_snapshot(store, name)
+    card, card_problems = read_card(store, located)
     manifest, manifest_problems = _manifest_problems(store, name, card, expected_top_hash)
     problems = check_objects(store, manifest, workers, progress)
     coverage = card.get("coverage", {})
@@ -246,6 +281,8 @@ def verify_snapshot(
         name=name,
         top_hash=card["top_hash"],
         checked=manifest.num_rows,
-        manifest_problems=tuple(manifest_problems),
+        manifest_problems=tuple(card_problems + manifest_problems),
         problems=tuple(sorted(problems, key=lambda p: (p.key, p.problem))),
+        overwrites=located.overwrites,
+        limits=limits_of(store, card, expected_top_hash),
     )
