@@ -11,12 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 import tifffile
 from PIL import Image, ImageDraw, ImageFont
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
+from mira.errors import PhiLeak
 from storage import Store
-from tasks.deid import DeidPolicy, deidentify_slide
+from tasks.deid import DeidPolicy, deidentify_slide, input_identifiers
 from tasks.deid.stage import deidentify_batch
 from tasks.ingest import ingest_batch
 from tests import slides as slide_fixtures
@@ -88,6 +92,41 @@ def all_shapes(source: Path | io.BytesIO) -> list[tuple[int, ...]]:
             subifds = tifffile.TiffPages(page) if page.subifds else []
             shapes += [tuple(sub.shape) for sub in subifds]
     return shapes
+
+
+def ct_file(
+    name: str = "DOE^JANE",
+    patient_id: str = "MRN3779036",
+    *,
+    body_part: str = "CHEST",
+    description: str = "CT CHEST",
+    number: int = 1,
+) -> bytes:
+    """pydicom's real CT slice as one patient's file, with its own UIDs."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = name, patient_id, "19610412"
+    ds.BodyPartExamined, ds.StudyDescription = body_part, description
+    ds.InstanceNumber = number
+
+    def uid(kind: str) -> str:
+        return str(generate_uid(entropy_srcs=[kind, patient_id, str(number)]))
+
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid("study"), uid("series")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid("instance")
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def research_leaks(research: Store, tokens: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Every (key, token) where a token occurs in a research object's key or bytes."""
+    found = []
+    for info in research.list():
+        data = research.read_bytes(info.key).lower()
+        for token in tokens:
+            if token.lower() in info.key.lower() or token.lower().encode() in data:
+                found.append((info.key, token))
+    return found
 
 
 def upload(gateway: Store, batch: str, files: dict[str, bytes]) -> None:
@@ -209,3 +248,67 @@ def assert_thumbnail_is_made_of_the_pyramid(tif: tifffile.TiffFile) -> None:
     expected = smallest[::step, ::step]
     assert thumbnail.shape == expected.shape
     assert np.abs(thumbnail.astype(int) - expected.astype(int)).mean() < 8  # JPEG
+
+
+# Item 5: ordinary folder names.
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "DICOM/PA000000/ST000000/SE000000/IM000000",  # the standard media layout
+        "CHEST/IM0001.dcm",  # named by the Body Part Examined the output keeps
+    ],
+)
+def test_ordinary_folder_names_do_not_block_a_batch(local_store: Store, path: str) -> None:
+    gateway, research = local_store.child("gateway"), local_store.child("research")
+    upload(gateway, "batch-folders", {path: ct_file(description="AXIAL CHEST")})
+    ingest_batch(gateway, "batch-folders")
+    result = deidentify_batch(gateway, research, "batch-folders", KEY, DeidPolicy.default())
+    assert result.instances == 1 and not result.quarantined
+
+
+def test_a_name_in_a_folder_is_still_caught(local_store: Store) -> None:
+    """A descriptor that kept the folder's patient name (not the file's own): the scan stops it."""
+    gateway, research = local_store.child("gateway"), local_store.child("research")
+    upload(
+        gateway, "batch-names", {"SMITH_MARIA/CT/IM0001.dcm": ct_file(description="SMITH_MARIA")}
+    )
+    ingest_batch(gateway, "batch-names")
+    with pytest.raises(PhiLeak, match="nothing was published"):
+        deidentify_batch(gateway, research, "batch-names", KEY, DeidPolicy.default())
+    assert list(research.list()) == []
+
+
+def test_phi_scan_command_does_not_count_media_folder_names(local_store: Store) -> None:
+    """``mira phi-scan --against`` takes identifiers from the inputs' paths by the same rule."""
+    local_store.write_bytes("DICOM/PA000000/ST000000/SMITH_MARIA/IM000000", ct_file())
+    found = {token.casefold() for token in input_identifiers(local_store)}
+    assert "dicom" not in found
+    assert {"smith_maria", "pa000000", "doe"} <= found
+
+
+# Item 4: the batch name.
+
+PATIENT_BATCH = "DOE_JANE_MRN3779036"
+BATCH_TOKENS = ("DOE", "JANE", "MRN3779036", "3779036")
+
+
+def test_a_batch_named_after_its_patient_publishes_nothing(store: Store) -> None:
+    gateway, research = store.child("gateway"), store.child("research")
+    files = {f"CT/IM000{n}.dcm": ct_file(number=n) for n in (1, 2)}
+    upload(gateway, PATIENT_BATCH, files)
+    ingest_batch(gateway, PATIENT_BATCH)
+    with pytest.raises(PhiLeak, match="batch name") as refused:
+        deidentify_batch(gateway, research, PATIENT_BATCH, KEY, DeidPolicy.default())
+    assert "neutral batch name" in str(refused.value) and PATIENT_BATCH not in str(refused.value)
+    assert research_leaks(research, BATCH_TOKENS) == []
+    assert list(research.list()) == []
+    # The documented way out: forget the refused batch's ingest, upload under a plain name.
+    gateway.delete_prefix(f"ingest/{PATIENT_BATCH}")
+    upload(gateway, "batch-0005", files)
+    ingest_batch(gateway, "batch-0005")
+    assert (
+        deidentify_batch(gateway, research, "batch-0005", KEY, DeidPolicy.default()).instances == 2
+    )
+    assert research_leaks(research, BATCH_TOKENS) == []

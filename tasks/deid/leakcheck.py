@@ -6,9 +6,9 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
-from pathlib import PurePosixPath
 
 from storage import Store
+from tasks.deid.names import path_identifiers
 from tasks.deid.phiscan import PhiHit, collect_identifiers, scan_for_phi, scan_slide_file
 from tasks.ingest import sniff_format
 
@@ -20,7 +20,8 @@ SCANNABLE = frozenset({"dicom", "dicom-no-preamble", "tiff", "bigtiff", "svs"})
 def input_identifiers(
     inputs: Store, progress: Callable[[int, int], None] | None = None
 ) -> set[str]:
-    """Identifiers of every DICOM file and slide below ``inputs``, plus their path names."""
+    """Identifiers of every DICOM file and slide below ``inputs``, plus their path names (the
+    structural ones excepted, see :mod:`tasks.deid.names`)."""
     objects = list(inputs.list())
     found: set[str] = set()
     for done, info in enumerate(objects, 1):
@@ -30,8 +31,7 @@ def input_identifiers(
                 found |= collect_identifiers(data)
             except Exception as err:  # an unreadable input has no identifiers to offer
                 log.warning("cannot read identifiers of %s: %s", inputs.url_of(info.key), err)
-        path = PurePosixPath(info.key)
-        found |= set(path.parts[:-1]) | {path.stem}
+        found |= path_identifiers(info.key)
         if progress:
             progress(done, len(objects))
     return found

@@ -53,7 +53,8 @@ def identifier_digest(token: str) -> str:
 
 def collect_identifiers(source: Any) -> set[str]:
     """The identifier tokens of an input: a pydicom Dataset, a ``tifffile.TiffFile``, the bytes
-    of a DICOM or TIFF file, or a path to one."""
+    of a DICOM or TIFF file, or a path to one. A DICOM file whose preamble is a TIFF header (a
+    dual-personality file, pydicom's ``CT_small.dcm``) is read as DICOM."""
     if isinstance(source, Dataset):
         return collect_dicom_identifiers(source)
     if isinstance(source, tifffile.TiffFile):
@@ -62,12 +63,12 @@ def collect_identifiers(source: Any) -> set[str]:
         path = Path(source)
         with path.open("rb") as handle:
             head = handle.read(132)
-        if _is_tiff(head):
+        if _is_tiff(head) and not _is_dicom(head):
             with tifffile.TiffFile(path) as tif:
                 return collect_slide_identifiers(tif) | _path_tokens(path)
         return collect_dicom_identifiers(pydicom.dcmread(path, force=True)) | _path_tokens(path)
     if isinstance(source, bytes | bytearray):
-        if _is_tiff(bytes(source[:4])):
+        if _is_tiff(bytes(source[:4])) and not _is_dicom(bytes(source[:132])):
             with tifffile.TiffFile(io.BytesIO(source)) as tif:
                 return collect_slide_identifiers(tif)
         return collect_dicom_identifiers(pydicom.dcmread(io.BytesIO(source), force=True))

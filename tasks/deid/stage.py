@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
 from typing import Any
 
 import pyarrow as pa
@@ -28,7 +27,8 @@ from storage import Store, join_key, open_store
 from tasks import layout
 from tasks.dataset import INSTANCE_SCHEMA, SLIDE_SCHEMA, summarise_instances, write_part
 from tasks.deid.dicom import deidentify_dicom
-from tasks.deid.phiscan import scan_for_phi, scan_slide_file
+from tasks.deid.names import batch_name_hits, coded_values, path_identifiers
+from tasks.deid.phiscan import collect_identifiers, scan_for_phi, scan_slide_file
 from tasks.deid.profile import DeidPolicy
 from tasks.deid.rows import instance_row, slide_row
 from tasks.deid.slide import deidentify_slide
@@ -63,6 +63,7 @@ class Outcome:
     refusal: str | None = None
     detail: str = ""
     phi_hits: tuple[str, ...] = ()
+    batch_name_hits: int = 0  # identifiers of this input found in the batch name
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ def deidentify_batch(
     staging = gateway.child(join_key(layout.DEID, batch, "staging"))
     job = DeidJob(source=gateway, staging=staging, batch=batch, key=key, policy=policy)
     outcomes = run_groups(job, items, dask_address, workers, progress)
+    check_batch_name(job, outcomes)
     check_for_leaks(job, outcomes, gateway)
     for outcome in outcomes:
         if outcome.refusal:
@@ -242,15 +244,26 @@ def deidentify_item(job: DeidJob, item: WorkItem) -> Outcome:
             return _deidentify_slide(job, item)
         return _deidentify_dicom(job, item)
     except DeidentificationError as err:
-        return Outcome(item=item, refusal="deid-refused", detail=str(err))
+        refusal, detail = "deid-refused", str(err)
     except InvalidInput as err:
-        return Outcome(item=item, refusal="deid-invalid", detail=str(err))
+        refusal, detail = "deid-invalid", str(err)
+    # Nothing of a refused input is published, but the batch name is: check it all the same.
+    hits = len(batch_name_hits(job.batch, _input_identifiers(job, item)))
+    return Outcome(item=item, refusal=refusal, detail=detail, batch_name_hits=hits)
 
 
-def path_identifiers(path: str) -> set[str]:
-    """Folder and file names of an upload often carry names or accession numbers."""
-    parts = PurePosixPath(path).parts
-    return set(parts) | {PurePosixPath(path).stem}
+def _input_identifiers(job: DeidJob, item: WorkItem) -> set[str]:
+    """The identifiers of an input the engine refused, where they can be read at all."""
+    if not job.batch:
+        return set()
+    try:
+        with job.source.open_read(item.key) as stream:
+            if item.format != "slide":
+                return collect_identifiers(stream.read())
+            with tifffile.TiffFile(stream) as tif:
+                return collect_identifiers(tif)
+    except Exception:  # an unreadable input has no identifiers to offer
+        return set()
 
 
 def _deidentify_dicom(job: DeidJob, item: WorkItem) -> Outcome:
@@ -258,7 +271,8 @@ def _deidentify_dicom(job: DeidJob, item: WorkItem) -> Outcome:
     research_key = layout.instance_key(
         result.patient_id, result.study_uid, result.series_uid, result.sop_instance_uid
     )
-    identifiers = set(result.identifiers) | path_identifiers(item.path)
+    codes = coded_values(result.data)
+    identifiers = set(result.identifiers) | path_identifiers(item.path, codes)
     hits = scan_for_phi([(research_key, result.data)], identifiers)
     info = job.staging.write_bytes(research_key, result.data)
     row = instance_row(job.batch, research_key, result, info.size, info.sha256 or "", job.policy)
@@ -267,6 +281,7 @@ def _deidentify_dicom(job: DeidJob, item: WorkItem) -> Outcome:
         research_key=research_key,
         row=row,
         phi_hits=tuple(str(h) for h in hits),
+        batch_name_hits=len(batch_name_hits(job.batch, result.identifiers)),
     )
 
 
@@ -290,6 +305,24 @@ def _deidentify_slide(job: DeidJob, item: WorkItem) -> Outcome:
         research_key=research_key,
         row=row,
         phi_hits=tuple(str(h) for h in hits),
+        batch_name_hits=len(batch_name_hits(job.batch, result.identifiers)),
+    )
+
+
+def check_batch_name(job: DeidJob, outcomes: Sequence[Outcome]) -> None:
+    """Refuse the batch when its name holds an identifier of its own files: the name is copied
+    into catalog part names and rows, quality paths, Data Docs, snapshot names and manifests.
+    The message does not repeat the name (it is PHI)."""
+    naming = [o for o in outcomes if o.batch_name_hits]
+    if not naming:
+        return
+    job.staging.delete_prefix("")
+    raise PhiLeak(
+        f"the batch name holds identifiers (a name, ID or date) of {len(naming)} of its own "
+        "files, and the research store would carry it in catalog part names, quality paths, "
+        "snapshot names and manifests; nothing was published. Upload its files again under a "
+        "neutral batch name (e.g. batch-0042) after removing this batch's ingest record "
+        "(ingest/<batch>/ on the gateway), or they count as duplicates of this one"
     )
 
 
