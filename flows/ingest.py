@@ -17,7 +17,11 @@ def ingest_batch_task(settings: Settings, batch: str) -> IngestResult:
     gateway = settings.gateway()
     with gateway_names_hidden(gateway, batch):
         return ingest_batch(
-            gateway, batch, dask_address=settings.dask_address, workers=settings.dask_workers
+            gateway,
+            batch,
+            dask_address=settings.dask_address,
+            workers=settings.dask_workers,
+            max_decoded_bytes=settings.ingest_max_decoded_bytes,
         )
 
 

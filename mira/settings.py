@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         description="Scheduler address of an existing Dask cluster; empty starts a LocalCluster.",
     )
     dask_workers: int = Field(0, description="Workers of the LocalCluster; 0 means one per core.")
+    ingest_max_decoded_bytes: int = Field(
+        1024**3,
+        gt=0,
+        description="The most bytes ingest decodes to check one object (a slide tile, an inflated "
+        "DICOM data set); an object that would decode to more is quarantined as decompression-bomb.",
+    )
     prefect_api_url: str = Field(
         "",
         validation_alias=AliasChoices("MIRA_PREFECT_API_URL", "PREFECT_API_URL"),

@@ -12,22 +12,30 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import pydicom
 import pytest
+import tifffile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from storage import Store
+from mira.settings import Settings
+from storage import Store, open_store
+from tasks.ingest.inspection import DEFAULT_MAX_DECODED_BYTES
 from tasks.ingest.sniff import inspect_object
 from tasks.ingest.stage import ingest_batch
+from tests.slides import write_slide
 
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +55,7 @@ print(json.dumps({"accepted": result.accepted, "quarantined": dict(result.quaran
 """
 
 
-def testdata(name: str) -> bytes:
+def bundled(name: str) -> bytes:
     path = get_testdata_file(name)
     assert path is not None, name
     return Path(path).read_bytes()
@@ -137,7 +145,7 @@ def test_a_large_element_does_not_hide_a_cut(element: str) -> None:
 
 @pytest.mark.parametrize("cut", [133, 140, 150, 200, 330, 364])
 def test_short_dicom_fragments_are_truncated(cut: int) -> None:
-    result = inspect_object(testdata("CT_small.dcm")[:cut])
+    result = inspect_object(bundled("CT_small.dcm")[:cut])
     assert result.rejection is not None
     assert result.rejection.reason == "truncated", result.rejection.detail
 
@@ -146,7 +154,7 @@ def test_short_dicom_fragments_are_truncated(cut: int) -> None:
 @given(data=st.data())
 def test_every_cut_dicom_is_truncated(data: st.DataObject) -> None:
     name = data.draw(st.sampled_from(["CT_small.dcm", "JPEG2000.dcm"]))  # no trailing padding
-    whole = testdata(name)
+    whole = bundled(name)
     cut = data.draw(st.integers(min_value=132, max_value=len(whole) - 1))
     result = inspect_object(whole[:cut])
     assert result.rejection is not None
@@ -154,8 +162,8 @@ def test_every_cut_dicom_is_truncated(data: st.DataObject) -> None:
 
 
 def test_manifest_sizes_are_compared(local_store: Store) -> None:
-    ct = testdata("CT_small.dcm")
-    mr = testdata("MR_small.dcm")
+    ct = bundled("CT_small.dcm")
+    mr = bundled("MR_small.dcm")
     files = {"wrong-size.dcm": ct, "cut.dcm": ct[:20000], "good.dcm": mr}
     for path, data in files.items():
         local_store.write_bytes(f"dropzone/m1/{path}", data)
@@ -172,3 +180,113 @@ def test_manifest_sizes_are_compared(local_store: Store) -> None:
     record = reason_of(local_store, "m1", "cut.dcm")
     assert record["reason"] == "size-mismatch" and record["size"] == 20000
     assert str(len(ct)) in record["detail"] and "20000" in record["detail"]
+
+
+# Item 6: decompression bombs.
+
+
+def jpeg_tile_bomb(path: Path) -> int:
+    """A small JPEG slide whose first tile's frame header claims 60000 x 60000 pixels."""
+    write_slide(path, 1024, 1024, codec="jpeg", levels=2)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        offset, count = int(page.dataoffsets[0]), int(page.databytecounts[0])
+    data = bytearray(path.read_bytes())
+    sof = data.index(b"\xff\xc0", offset, offset + count)
+    struct.pack_into(">HH", data, sof + 5, 60000, 60000)  # frame height, width
+    path.write_bytes(bytes(data))
+    return len(data)
+
+
+def deflated_dicom_bomb(inflated: int) -> bytes:
+    """A deflated-transfer-syntax CT whose pixel data inflates to about ``inflated`` bytes.
+
+    The pixel data is zeros compressed once in a 16 MiB block and repeated (each block is
+    flushed, so blocks do not refer to one another): built in a second, never held inflated.
+    """
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    small = encoded(ds)
+    meta_end = 144 + struct.unpack_from("<I", small, 140)[0]
+    header = zlib.decompress(small[meta_end:], -zlib.MAX_WBITS)
+    block = 16 * MiB
+    blocks = max(1, inflated // block)
+    pixels = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, blocks * block)
+    first = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    start = first.compress(header + pixels) + first.flush(zlib.Z_FULL_FLUSH)
+    zeros = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    repeated = zeros.compress(bytes(block)) + zeros.flush(zlib.Z_FULL_FLUSH)
+    end = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS).flush()
+    return small[:meta_end] + start + repeated * blocks + end
+
+
+def test_jpeg_tile_bomb_is_quarantined_in_bounded_memory(tmp_path: Path) -> None:
+    gateway = tmp_path / "gateway"
+    batch = gateway / "dropzone" / "bomb"
+    batch.mkdir(parents=True)
+    size = jpeg_tile_bomb(batch / "slide.tiff")
+    (batch / "_READY").write_bytes(b"")
+    assert size < 300_000
+
+    result = ingest_guarded(gateway, "bomb")
+
+    assert result["quarantined"] == {"decompression-bomb": 1}
+    assert result["growth"] < RSS_GROWTH_LIMIT
+    record = reason_of(open_store(gateway), "bomb", "slide.tiff")
+    assert "60000" in record["detail"]
+
+
+@pytest.mark.slow
+def test_deflated_dicom_bomb_is_quarantined_in_bounded_memory(tmp_path: Path) -> None:
+    gateway = tmp_path / "gateway"
+    store = open_store(gateway)
+    bomb = deflated_dicom_bomb(1536 * MiB)
+    assert len(bomb) < 2 * MiB
+    put_batch(store, "bomb", {"IM0001.dcm": bomb, "IM0002.dcm": bundled("CT_small.dcm")})
+
+    result = ingest_guarded(gateway, "bomb")
+
+    assert result["accepted"] == 1
+    assert result["quarantined"] == {"decompression-bomb": 1}
+    assert result["growth"] < RSS_GROWTH_LIMIT
+    record = reason_of(store, "bomb", "IM0001.dcm")
+    assert str(DEFAULT_MAX_DECODED_BYTES) in record["detail"]
+
+
+def test_deflated_dicoms_are_inflated_within_the_ceiling(local_store: Store) -> None:
+    deflated = bundled("image_dfl.dcm")
+    small_bomb = deflated_dicom_bomb(32 * MiB)
+    assert inspect_object(deflated).rejection is None
+    assert inspect_object(small_bomb).rejection is None
+    refused = inspect_object(small_bomb, max_decoded_bytes=16 * MiB)
+    assert refused.rejection is not None and refused.rejection.reason == "decompression-bomb"
+    cut = inspect_object(small_bomb[: len(small_bomb) - 100])
+    assert cut.rejection is not None and cut.rejection.reason == "truncated"
+    put_batch(local_store, "d1", {"a.dcm": small_bomb})
+    result = ingest_batch(local_store, "d1", max_decoded_bytes=16 * MiB)
+    assert result.quarantined == {"decompression-bomb": 1}
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "jpeg2000", "zstd", "none"])
+def test_slides_pass_the_decoded_size_checks(tmp_path: Path, codec: Any) -> None:
+    path = write_slide(tmp_path / "slide.tiff", 600, 700, codec=codec, levels=2)
+    result = inspect_object(path.read_bytes())
+    assert result.rejection is None, result.rejection
+    refused = inspect_object(path.read_bytes(), max_decoded_bytes=256 * 256 * 3 - 1)
+    assert refused.rejection is not None and refused.rejection.reason == "decompression-bomb"
+
+
+def test_a_declared_tile_over_the_ceiling_is_never_decoded() -> None:
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as tiff:
+        tiff.write(np.zeros((1024, 1024), np.uint8), tile=(1024, 1024), compression="zlib")
+        tiff.write(np.zeros((512, 512), np.uint8), tile=(512, 512), compression="zlib")
+    result = inspect_object(buffer.getvalue(), max_decoded_bytes=MiB - 1)
+    assert result.rejection is not None and result.rejection.reason == "decompression-bomb"
+
+
+def test_the_ceiling_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().ingest_max_decoded_bytes == DEFAULT_MAX_DECODED_BYTES
+    monkeypatch.setenv("MIRA_INGEST_MAX_DECODED_BYTES", str(64 * MiB))
+    assert Settings().ingest_max_decoded_bytes == 64 * MiB

@@ -21,10 +21,18 @@ from pydicom.tag import Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from storage.base import read_up_to
-from tasks.ingest.inspection import DetectedFormat, DicomHeader, RejectedObject
+from tasks.ingest.bombs import check_inflated_size
+from tasks.ingest.inspection import (
+    DEFAULT_MAX_DECODED_BYTES,
+    DetectedFormat,
+    DicomHeader,
+    RejectedObject,
+)
 
 META_START = 132  # the file meta information follows the 128-byte preamble and "DICM"
 FILE_META_GROUP = 0x0002
+TRANSFER_SYNTAX_TAG = 0x00020010
+MAX_UID_BYTES = 64
 TRUNCATION_SIGNS = ("truncated", "end of file", "unpack requires a buffer", "no tag to read")
 DEFER_BYTES = 64 * 1024  # header values above this are skipped, not read (overlays, private blobs)
 REQUIRED_DICOM = (
@@ -46,16 +54,27 @@ TRANSFER_SYNTAX_BY_ENCODING = {  # (implicit VR, little endian) of a data set wi
 }
 
 
-def inspect_dicom(stream: BinaryIO, size: int, detected: DetectedFormat) -> DicomHeader:
-    """Parse the header up to the pixel data, check truncation and the attributes we rely on."""
+def inspect_dicom(
+    stream: BinaryIO,
+    size: int,
+    detected: DetectedFormat,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+) -> DicomHeader:
+    """Parse the header up to the pixel data, check truncation and the attributes we rely on.
+
+    A deflated data set is inflated by the parser as a whole, so its inflated size is counted
+    first and held to ``max_decoded_bytes``.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about every odd value; verdicts come below
         if detected == "dicom":
-            _check_file_meta(stream, size)
+            data_start, transfer_syntax = _check_file_meta(stream, size)
+            if transfer_syntax == DeflatedExplicitVRLittleEndian:
+                check_inflated_size(stream, data_start, max_decoded_bytes)
         ds = _read_header(stream, detected, stop_before_pixels=True)
         if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
             # offsets inside a deflated data set refer to the inflated bytes; inflating the whole
-            # object (zlib catches a cut stream) is the only check, and such files are small
+            # object (within the ceiling checked above) is the only structure check
             full = _read_header(stream, detected, stop_before_pixels=False)
             has_pixels = any(tag in full for tag in PIXEL_TAGS)
         else:
@@ -84,15 +103,19 @@ def _read_header(stream: BinaryIO, detected: DetectedFormat, *, stop_before_pixe
     return ds
 
 
-def _check_file_meta(stream: BinaryIO, size: int) -> None:
+def _check_file_meta(stream: BinaryIO, size: int) -> tuple[int, str]:
     """Walk the file meta information (group 0002, after the preamble) element by element: a
-    file that ends inside it, or right after it with no data set, is cut."""
+    file that ends inside it, or right after it with no data set, is cut. Returns where the
+    data set starts and its transfer syntax ("" when the meta does not say)."""
     layout = _Layout(size, implicit=False, order="<")
-    position = META_START
+    position, transfer_syntax = META_START, ""
     while (header := _element_header(stream, position, layout)) is not None:
         tag, length, header_length = header
         if tag >> 16 != FILE_META_GROUP or length == UNDEFINED_LENGTH:
-            return  # the data set starts here (or the meta is odd: the parser judges it)
+            return position, transfer_syntax  # (odd meta is left to the parser to judge)
+        if tag == TRANSFER_SYNTAX_TAG and length <= MAX_UID_BYTES:
+            stream.seek(position + header_length)
+            transfer_syntax = read_up_to(stream, length).decode("ascii", "replace").strip("\0 ")
         position += header_length + length
         if position > size:
             raise RejectedObject(

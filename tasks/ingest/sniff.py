@@ -21,8 +21,10 @@ import tifffile
 
 from mira.errors import MiraError, StoreError
 from storage.base import read_up_to, sha256_stream
+from tasks.ingest.bombs import check_tile_geometry, check_tile_stream
 from tasks.ingest.dicom_header import inspect_dicom
 from tasks.ingest.inspection import (
+    DEFAULT_MAX_DECODED_BYTES,
     DETAIL_CHARS,
     DetectedFormat,
     Inspection,
@@ -87,13 +89,19 @@ class GuardedReader(io.RawIOBase):
 
 
 def inspect_object(
-    source: bytes | BinaryIO, manifest_sha256: str | None = None, *, name: str = "object"
+    source: bytes | BinaryIO,
+    manifest_sha256: str | None = None,
+    *,
+    name: str = "object",
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> Inspection:
     """Inspect one object from its content: checksum, sniffed format, then DICOM or slide checks.
 
     ``source`` is the object's bytes or a seekable stream positioned anywhere; ``manifest_sha256``
     is the checksum the batch manifest promises, if any. Raises only ``MiraError`` for storage
     failures; every defect of the object itself comes back as ``Inspection.rejection``.
+    ``max_decoded_bytes`` is the most a check may decode (one slide tile, an inflated data set):
+    more is a ``decompression-bomb``.
     """
     raw = io.BytesIO(bytes(source)) if isinstance(source, bytes | bytearray) else source
     stream = cast(BinaryIO, GuardedReader(raw, name))
@@ -108,7 +116,7 @@ def inspect_object(
         detail = f"SHA-256 {sha256} differs from the manifest's {manifest_sha256.lower()}"
         return replace(base, rejection=Rejection("checksum-mismatch", detail))
     try:
-        return _inspect_content(base, stream)
+        return _inspect_content(base, stream, max_decoded_bytes)
     except RejectedObject as rejected:
         return replace(base, rejection=rejected.rejection)
     except MiraError:
@@ -118,11 +126,13 @@ def inspect_object(
         return replace(base, rejection=Rejection("unreadable", detail))
 
 
-def _inspect_content(base: Inspection, stream: BinaryIO) -> Inspection:
+def _inspect_content(base: Inspection, stream: BinaryIO, max_decoded_bytes: int) -> Inspection:
     if base.detected_format in ("dicom", "dicom-no-preamble"):
-        return replace(base, dicom=inspect_dicom(stream, base.size, base.detected_format))
+        return replace(
+            base, dicom=inspect_dicom(stream, base.size, base.detected_format, max_decoded_bytes)
+        )
     if base.detected_format in ("tiff", "bigtiff"):
-        slide, is_svs = inspect_slide(stream, base.size)
+        slide, is_svs = inspect_slide(stream, base.size, max_decoded_bytes)
         return replace(base, slide=slide, detected_format="svs" if is_svs else base.detected_format)
     stream.seek(0)
     kind = "text" if _looks_like_text(read_up_to(stream, HEAD_BYTES)) else "binary"
@@ -157,7 +167,9 @@ def _looks_like_text(head: bytes) -> bool:
     return b"\0" not in head
 
 
-def inspect_slide(stream: BinaryIO, size: int) -> tuple[SlideHeader, bool]:
+def inspect_slide(
+    stream: BinaryIO, size: int, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+) -> tuple[SlideHeader, bool]:
     """Open a TIFF with tifffile and check its pyramid; returns the header and whether it is SVS."""
     stream.seek(0)
     with warnings.catch_warnings():
@@ -176,7 +188,7 @@ def inspect_slide(stream: BinaryIO, size: int) -> tuple[SlideHeader, bool]:
                 _check_tile_offsets(page, size, level)
         keyframes: list[Any] = [pages[0] for pages in levels if pages]
         _check_levels(keyframes, len(subifds))
-        _check_first_tile(keyframes[0], stream)
+        _check_first_tile(keyframes[0], stream, max_decoded_bytes)
         description = first.description or ""
         is_svs = description.startswith("Aperio")
         return _slide_header(tif, keyframes, description, is_svs), is_svs
@@ -242,14 +254,17 @@ def _check_tile_offsets(page: Any, size: int, level: int) -> None:
         raise RejectedObject("unreadable", f"level {level} has invalid tile offsets or byte counts")
 
 
-def _check_first_tile(page: Any, stream: BinaryIO) -> None:
-    """Decode one level-0 tile, so a slide whose codec or tables are broken is caught now."""
+def _check_first_tile(page: Any, stream: BinaryIO, max_decoded_bytes: int) -> None:
+    """Decode one level-0 tile, so a slide whose codec or tables are broken is caught now; its
+    decoded size is checked first, against the TIFF's tile geometry and the ceiling."""
+    check_tile_geometry(page, max_decoded_bytes)
     offsets, counts = page.dataoffsets, page.databytecounts
     index = next((i for i, count in enumerate(counts) if count), None)
     if index is None:
         raise RejectedObject("unreadable", "level 0 holds no tile data")
     stream.seek(int(offsets[index]))
     data = read_up_to(stream, int(counts[index]))
+    check_tile_stream(page, data, index)
     decoded = page.decode(data, index, jpegtables=page.jpegtables)[0]
     if decoded is None:
         raise RejectedObject("unreadable", f"tile {index} of level 0 does not decode")

@@ -37,7 +37,7 @@ from tasks.ingest.dropzone import (
     list_batch,
     load_batch,
 )
-from tasks.ingest.inspection import Inspection, Rejection
+from tasks.ingest.inspection import DEFAULT_MAX_DECODED_BYTES, Inspection, Rejection
 from tasks.ingest.quarantine_zone import QuarantineEntry, quarantine
 from tasks.ingest.sniff import inspect_object
 
@@ -143,8 +143,12 @@ def ingest_batch(
     dask_address: str = "",
     workers: int = 0,
     progress: Progress | None = None,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> IngestResult:
     """Ingest a ready batch (or return the recorded result of an earlier ingest of it).
+
+    ``max_decoded_bytes`` is the most that checking one object may decode (a slide tile, an
+    inflated DICOM data set); an object that would decode to more is a ``decompression-bomb``.
 
     Raises ``ObjectNotFound`` when the batch does not exist and ``InvalidInput`` when it is still
     uploading or changed after it was ingested. Storage failures propagate; nothing is committed
@@ -156,7 +160,9 @@ def ingest_batch(
     contents = load_batch(gateway, batch, dropzone)
     started = _now()
     log.info("ingesting batch %s: %d objects", batch, len(contents.objects))
-    inspected = _inspect_batch(gateway, contents, dask_address, workers, progress)
+    inspected = _inspect_batch(
+        gateway, contents, dask_address, workers, progress, max_decoded_bytes
+    )
     verdicts = judge(batch, inspected, contents, ingested_objects(gateway, exclude=batch))
     summary = _record_outcome(gateway, contents, verdicts, started)
     return _commit(gateway, summary, dropzone)
@@ -210,15 +216,26 @@ def read_accepted(gateway: Store, batch: str) -> pa.Table:
     return pq.read_table(pa.BufferReader(data))
 
 
-def inspect_group(store: Store, items: Sequence[WorkItem]) -> list[InspectedObject]:
+def inspect_group(
+    store: Store,
+    items: Sequence[WorkItem],
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+) -> list[InspectedObject]:
     """Inspect a group of objects (one Dask task); returns small records, never file contents."""
     inspected: list[InspectedObject] = []
     for key, path, size, expected in items:
         if size <= IN_MEMORY_BYTES:
-            inspection = inspect_object(store.read_bytes(key), expected, name=store.url_of(key))
+            inspection = inspect_object(
+                store.read_bytes(key),
+                expected,
+                name=store.url_of(key),
+                max_decoded_bytes=max_decoded_bytes,
+            )
         else:  # hashed in one streaming pass, then only the headers are read again
             with store.open_read(key) as stream:
-                inspection = inspect_object(stream, expected, name=store.url_of(key))
+                inspection = inspect_object(
+                    stream, expected, name=store.url_of(key), max_decoded_bytes=max_decoded_bytes
+                )
         inspected.append(InspectedObject(path, inspection))
     return inspected
 
@@ -229,6 +246,7 @@ def _inspect_batch(
     dask_address: str,
     workers: int,
     progress: Progress | None,
+    max_decoded_bytes: int,
 ) -> list[InspectedObject]:
     manifest = contents.manifest or {}
     work: list[WorkItem] = []
@@ -237,16 +255,16 @@ def _inspect_batch(
         entry = manifest.get(path)
         work.append((info.key, path, info.size, entry.sha256 if entry else None))
     if len(work) < INLINE_MAX_FILES:
-        return _inspect_inline(gateway, work, progress)
-    return _inspect_on_dask(gateway, work, dask_address, workers, progress)
+        return _inspect_inline(gateway, work, progress, max_decoded_bytes)
+    return _inspect_on_dask(gateway, work, dask_address, workers, progress, max_decoded_bytes)
 
 
 def _inspect_inline(
-    gateway: Store, work: Sequence[WorkItem], progress: Progress | None
+    gateway: Store, work: Sequence[WorkItem], progress: Progress | None, max_decoded_bytes: int
 ) -> list[InspectedObject]:
     inspected: list[InspectedObject] = []
     for item in work:
-        inspected.extend(inspect_group(gateway, [item]))
+        inspected.extend(inspect_group(gateway, [item], max_decoded_bytes))
         if progress is not None:
             progress(len(inspected), len(work))
     return inspected
@@ -258,6 +276,7 @@ def _inspect_on_dask(
     dask_address: str,
     workers: int,
     progress: Progress | None,
+    max_decoded_bytes: int,
 ) -> list[InspectedObject]:
     from distributed import as_completed
 
@@ -269,7 +288,10 @@ def _inspect_on_dask(
     with dask_client(dask_address, workers) as client:
         log.info("inspecting %d objects in %d Dask tasks", len(work), len(groups))
         stores = [gateway] * len(groups)
-        futures = client.map(inspect_group, stores, groups, pure=False, retries=TASK_RETRIES)
+        limits = [max_decoded_bytes] * len(groups)
+        futures = client.map(
+            inspect_group, stores, groups, limits, pure=False, retries=TASK_RETRIES
+        )
         for future in as_completed(futures):
             inspected.extend(future.result())
             if progress is not None:
