@@ -8,7 +8,7 @@ fails the run. Every stage is idempotent, so a rerun of a batch adds and rewrite
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, tags
+from prefect import flow, get_run_logger, tags, task
 from pydantic import BaseModel, Field
 
 from flows.convert import ConvertParams, convert_slides
@@ -18,10 +18,13 @@ from flows.notify import notify_on_completion, notify_on_failure
 from flows.params import StoreParams
 from flows.quality import QualityOptions, quality
 from flows.reporting import batch_tag, run_name, tag_this_run
+from flows.retry import RETRY_POLICY
 from flows.snapshot import SnapshotParams, snapshot
 from flows.split import SplitParams, split
 from flows.summaries import PipelineSummary
 from mira.errors import MiraError
+from mira.settings import Settings
+from tasks.ingest import check_pipeline_inputs
 
 STAGE_ORDER = ("ingest", "deidentify", "convert", "quality", "split", "snapshot")
 
@@ -67,8 +70,16 @@ def pipeline(
     stores = stores or StoreParams()
     options = options or PipelineOptions()
     tag_this_run(batch_tag(batch))
+    preflight_task(stores.settings(), batch)
     with tags(batch_tag(batch)):
         return _run_stages(batch, stores, options)
+
+
+@task(name="preflight", **RETRY_POLICY)
+def preflight_task(settings: Settings, batch: str) -> None:
+    """Before any stage: the secret is set and long enough, the batch is ready, stores answer."""
+    settings.deid_key()
+    check_pipeline_inputs(settings.gateway(), settings.research(), batch)
 
 
 def _run_stages(batch: str, stores: StoreParams, options: PipelineOptions) -> PipelineSummary:

@@ -26,15 +26,21 @@ def batch_name(batch: str, settings: Settings) -> str:
     """The drop-zone batch that BATCH names: a bare name, or a folder/URL inside the drop zone."""
     if "/" not in batch.strip("/"):
         return batch.strip("/")
-    from storage import open_store
+    from storage import open_object, open_store
 
     dropzone_url = open_store(settings.gateway_url).child(DROPZONE).url
-    location = batch if "://" in batch else str(Path(batch).absolute())
-    location = location.removeprefix("file://").rstrip("/")
-    parent, _, name = location.rpartition("/")
-    if parent.rstrip("/") != dropzone_url.rstrip("/"):
+    parent, name = open_object(batch)
+    if parent.url.rstrip("/") != dropzone_url.rstrip("/"):
         raise InvalidInput(f"batch {batch!r} is not in the gateway drop zone {dropzone_url}")
     return name
+
+
+def preflight(settings: Settings, batch: str) -> None:
+    """Fail in a second, before any server starts: the secret, the batch, both stores."""
+    from tasks.ingest import check_pipeline_inputs
+
+    settings.deid_key()
+    check_pipeline_inputs(settings.gateway(), settings.research(), batch)
 
 
 def use_prefect_api(settings: Settings) -> None:
@@ -50,6 +56,7 @@ def run(
     """Run the pipeline (every built stage) for one drop-zone batch as a Prefect flow run."""
     settings = settings_of(ctx)
     name = batch_name(batch, settings)
+    preflight(settings, name)
     use_prefect_api(settings)
     from flows.params import StoreParams
     from flows.pipeline import pipeline

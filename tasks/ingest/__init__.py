@@ -8,6 +8,7 @@ gateway.
 
 from tasks.ingest.announce import BATCH_READY, Announcement, announce_batch, pending_batches
 from tasks.ingest.dropzone import BatchRef, find_ready_batches
+from tasks.ingest.preflight import check_pipeline_inputs
 from tasks.ingest.quarantine_zone import QuarantineEntry, quarantine, write_reason
 from tasks.ingest.redact import GatewayNames, gateway_names_hidden
 from tasks.ingest.sniff import sniff_format
@@ -21,6 +22,7 @@ __all__ = [
     "IngestResult",
     "QuarantineEntry",
     "announce_batch",
+    "check_pipeline_inputs",
     "find_ready_batches",
     "gateway_names_hidden",
     "ingest_batch",
