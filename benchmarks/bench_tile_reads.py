@@ -67,8 +67,11 @@ def mira_reader(store: Store, pyramid_key: str, level: int) -> tuple[Reader, tup
 def svs_reader(store: Store, key: str, level: int) -> Iterator[tuple[Reader, tuple[int, int]]]:
     """tifffile's zarr view of one SVS level (the file from disk, or streamed from S3)."""
     with ExitStack() as stack:
-        path = store.local_path(key)
-        handle: Any = path if path is not None else stack.enter_context(store.open_read(key))
+        handle: Any = (
+            store.filesystem_path(key)
+            if store.is_local
+            else stack.enter_context(store.open_read(key))
+        )
         tif = stack.enter_context(tifffile.TiffFile(handle))
         array = zarr.open_array(tif.series[0].aszarr(level=level), mode="r")
 

@@ -5,11 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import numpy as np
+    from numpy.typing import NDArray
+
+    ObjectData: TypeAlias = bytes | bytearray | memoryview | NDArray[np.uint8]  # one object's bytes
 
 CHUNK_BYTES = 8 * 1024 * 1024
 HASH_CHUNK_BYTES = 1024 * 1024  # fits a core's L2 cache: hashed while still there
@@ -111,6 +119,12 @@ def read_up_to(stream: IO[bytes], size: int) -> bytes:
     return b"".join(pieces)
 
 
+def byte_view(data: ObjectData) -> memoryview:
+    """The bytes of one object as a flat view, without a copy (an array must be contiguous)."""
+    view = data.data if not isinstance(data, bytes | bytearray | memoryview) else memoryview(data)
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
 def join_key(*parts: str) -> str:
     """Join key segments with single slashes, ignoring empty segments."""
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
@@ -142,7 +156,8 @@ class Store(ABC):
     def open_read(
         self, key: str, version_id: str | None = None, *, block_size: int | None = None
     ) -> BinaryIO:
-        """A seekable binary stream of the object (or of one version of it).
+        """A seekable binary stream of the object (or of one version of it). Its read failures,
+        mid-read included, are mira's errors (``TransientStoreError`` for a network blip).
 
         ``block_size`` is how much a remote stream fetches ahead at a time: large for reading
         through, small for a few scattered reads (a file's metadata); local files ignore it.
@@ -201,6 +216,13 @@ class Store(ABC):
 
         return self.write_stream(key, io.BytesIO(data), exclusive=exclusive, retention=retention)
 
+    @abstractmethod
+    def write_many(self, objects: Mapping[str, ObjectData]) -> None:
+        """Publish many objects at once (the chunks of a pyramid), each atomically: a reader sees
+        the previous object or the complete new one. Concurrent where the backend gains from it
+        (S3); local files are written from the calling thread. No hashes are computed and local
+        files are not fsynced: this is for output that a rerun can rebuild."""
+
     def write_json(self, key: str, value: Any, *, exclusive: bool = False) -> ObjectInfo:
         """Publish ``value`` as indented, key-sorted JSON."""
         text = json.dumps(value, indent=2, sort_keys=True, default=str) + "\n"
@@ -233,6 +255,12 @@ class Store(ABC):
     def delete(self, key: str, version_id: str | None = None) -> None:
         """Delete an object (or one version); ``ObjectLocked`` if retention forbids it."""
 
+    def remove_incomplete(self, prefix: str = "") -> int:
+        """Remove what writes cut short (a killed process) left in the folder ``prefix``;
+        returns how many. Only while nothing writes there. Backends whose unfinished writes
+        leave nothing behind (a single PUT) have nothing to remove."""
+        return 0
+
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object below ``prefix``; returns how many were deleted."""
         keys = [obj.key for obj in self.list(prefix)]
@@ -244,6 +272,23 @@ class Store(ABC):
         """SHA-256 of the object, streamed in bounded chunks."""
         with self.open_read(key, version_id) as stream:
             return sha256_stream(stream)[0]
+
+    @property
+    @abstractmethod
+    def is_local(self) -> bool:
+        """Whether the objects are files on this machine, so ``filesystem_path`` gives their
+        paths to libraries that want a file (tifffile, DuckDB)."""
+
+    def filesystem_path(self, key: str) -> str:
+        """The file holding ``key`` on this machine; only where ``is_local``."""
+        from mira.errors import InvalidInput
+
+        raise InvalidInput(f"{self.url_of(key)} is not a file on this machine (a remote store)")
+
+    @property
+    @abstractmethod
+    def supports_versions(self) -> bool:
+        """Whether the store keeps object versions (``version_id`` in infos and reads)."""
 
     @property
     @abstractmethod
@@ -260,8 +305,5 @@ class Store(ABC):
 
     @abstractmethod
     def zarr_store(self, prefix: str, *, read_only: bool = False) -> Any:
-        """A zarr v3 store rooted at ``prefix``, writing straight to this backend."""
-
-    @abstractmethod
-    def local_path(self, key: str) -> str | None:
-        """The filesystem path of ``key`` when the store is a local folder, else None."""
+        """A zarr v3 store rooted at ``prefix``, writing straight to this backend; its failures
+        are mira's errors, as every other operation's."""

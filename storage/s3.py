@@ -6,14 +6,17 @@ conditional write (``If-None-Match: *``); Object Lock retention travels with the
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import functools
 import hashlib
-from collections.abc import Iterator
+import io
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
+import fsspec.asyn
 import s3fs
 
 from mira.errors import AccessDenied, InvalidInput, ObjectLocked, ObjectNotFound
@@ -23,14 +26,19 @@ from storage.base import (
     Retention,
     S3Config,
     Store,
+    byte_view,
     join_key,
     read_up_to,
 )
-from storage.errors import translate_errors, with_retries
+from storage.errors import TranslatedReader, retry_async, translate_errors, with_retries
+
+if TYPE_CHECKING:
+    from storage.base import ObjectData
 
 PART_BYTES = 16 * 1024 * 1024
-S3FS_RETRIES = 3
+MAX_PUT_BYTES = 5 * 1024**3  # S3's limit for one PutObject
 READ_BLOCK_BYTES = 8 * 1024 * 1024
+PUTS_IN_FLIGHT = 32  # write_many's PUTs under way at once; botocore's pool also bounds them
 
 
 @functools.lru_cache(maxsize=8)
@@ -46,13 +54,18 @@ def _filesystem(config: S3Config, asynchronous: bool = False) -> s3fs.S3FileSyst
         client_kwargs=client_kwargs,
         version_aware=not asynchronous,
         use_listings_cache=False,
-        # s3fs retries throttling and connection errors itself (with backoff); botocore's own
-        # retry layer would multiply those attempts, so it gets one.
-        config_kwargs={"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": 10},
+        # One attempt per request in botocore and in s3fs: storage.errors retries a transient
+        # failure of one request, Prefect a whole task in a longer outage. Retrying in every
+        # layer multiplies the attempts (botocore's ``max_attempts`` counts retries: 1 is two
+        # attempts) and hides an outage for minutes.
+        config_kwargs={
+            "retries": {"total_max_attempts": 1, "mode": "standard"},
+            "connect_timeout": 10,
+        },
         asynchronous=asynchronous,
         skip_instance_cache=asynchronous,
     )
-    fs.retries = S3FS_RETRIES
+    fs.retries = 1
     return fs
 
 
@@ -104,8 +117,9 @@ class S3Store(Store):
 
         return call()
 
-    def local_path(self, key: str) -> None:
-        return None
+    @property
+    def is_local(self) -> bool:
+        return False
 
     def open_read(
         self, key: str, version_id: str | None = None, *, block_size: int | None = None
@@ -113,9 +127,9 @@ class S3Store(Store):
         path = f"{self.bucket}/{self._key(key)}"
 
         @with_retries
-        def open_file() -> BinaryIO:
+        def open_file() -> IO[bytes]:
             with translate_errors(self.url_of(key)):
-                handle: BinaryIO = self.fs.open(
+                handle: IO[bytes] = self.fs.open(
                     path,
                     "rb",
                     version_id=version_id,
@@ -124,7 +138,7 @@ class S3Store(Store):
                 )
                 return handle
 
-        return open_file()
+        return TranslatedReader(open_file(), self.url_of(key), retry=True)  # type: ignore[return-value]
 
     def read_bytes(self, key: str, version_id: str | None = None) -> bytes:
         """The whole object in one GET, so one version: a read through ``open_read`` fetches it in
@@ -185,6 +199,36 @@ class S3Store(Store):
             last_modified=datetime.now(UTC),
             sha256=digest.hexdigest(),
         )
+
+    def write_many(self, objects: Mapping[str, ObjectData]) -> None:
+        """One PUT per object, many in flight, each retried on its own; the first failure is
+        raised once every PUT has finished."""
+        puts: builtins.list[tuple[str, str, bytes | bytearray]] = []
+        for key, data in objects.items():
+            body = _body(data)
+            if len(body) > MAX_PUT_BYTES:
+                self.write_stream(key, io.BytesIO(body))
+            else:
+                puts.append((self._key(key), self.url_of(key), body))
+
+        async def put(
+            key: str, url: str, body: bytes | bytearray, slots: asyncio.Semaphore
+        ) -> None:
+            async with slots:
+                await retry_async(
+                    lambda: self.fs._call_s3("put_object", Bucket=self.bucket, Key=key, Body=body),
+                    url,
+                )
+
+        async def put_all() -> None:
+            slots = asyncio.Semaphore(PUTS_IN_FLIGHT)
+            done = await asyncio.gather(*(put(*p, slots) for p in puts), return_exceptions=True)
+            for outcome in done:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+
+        if puts:
+            fsspec.asyn.sync(self.fs.loop, put_all)
 
     def _multipart_upload(
         self, key: str, first: bytes, stream: IO[bytes], digest: Any, conditions: dict[str, Any]
@@ -325,6 +369,14 @@ class S3Store(Store):
             raise
 
     @functools.cached_property
+    def supports_versions(self) -> bool:
+        try:
+            reply = self._call("get_bucket_versioning", "")
+        except (ObjectNotFound, PermissionError):
+            return False
+        return bool(reply.get("Status") == "Enabled")
+
+    @functools.cached_property
     def supports_object_lock(self) -> bool:
         try:
             reply = self._call("get_object_lock_configuration", "")
@@ -353,8 +405,11 @@ class S3Store(Store):
     def zarr_store(self, prefix: str, *, read_only: bool = False) -> Any:
         from zarr.storage import FsspecStore
 
+        from storage.zarr_adapter import TranslatingZarrStore
+
         fs = _filesystem(self.config, asynchronous=True)
-        return FsspecStore(fs, path=f"{self.bucket}/{self._key(prefix)}", read_only=read_only)
+        store = FsspecStore(fs, path=f"{self.bucket}/{self._key(prefix)}", read_only=read_only)
+        return TranslatingZarrStore(store, self.url_of(prefix))
 
     def delete_prefix(self, prefix: str) -> int:
         keys = [obj.key for obj in self.list(prefix)]
@@ -362,6 +417,11 @@ class S3Store(Store):
             batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
             self._call("delete_objects", prefix, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
+
+
+def _body(data: ObjectData) -> bytes | bytearray:
+    """A PUT body: botocore takes bytes, not a buffer (an array is copied once, as zarr does)."""
+    return data if isinstance(data, bytes | bytearray) else byte_view(data).tobytes()
 
 
 def _write_conditions(exclusive: bool, retention: Retention | None) -> dict[str, Any]:

@@ -3,6 +3,7 @@ slide when present. Degraded versions must be flagged by the right check, origin
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,8 @@ import pytest
 import tifffile
 import zarr
 
-from storage import Store
+from mira.errors import TransientStoreError
+from storage import Store, open_store
 from tasks import layout
 from tasks.quality.config import ImageQAConfig, load_quality_config
 from tasks.quality.image_qa import (
@@ -22,6 +24,8 @@ from tasks.quality.image_qa import (
     multiscale_paths,
     thumbnail_key,
 )
+from tests.relay import Relay
+from tests.seaweedfs import SeaweedServer
 from tests.test_quality_data import (
     CMU_SLIDE,
     DEGRADATIONS,
@@ -165,16 +169,12 @@ def test_real_aperio_slide_passes_and_its_blurred_copy_is_flagged(
     assert failed(blurred) == {"out_of_focus"}, blurred.checks
 
 
-def test_slide_is_read_from_its_pyramid_when_one_exists(
-    local_store: Store, config: ImageQAConfig, tissue: np.ndarray
-) -> None:
-    """An OME-NGFF 0.5 pyramid (c, y, x) wins over the TIFF: here the TIFF is empty glass."""
-    key = "slides/both.tiff"
-    local_store.write_bytes(key, pyramid_tiff(np.full_like(tissue, 243)))
-    group = zarr.open_group(local_store.zarr_store(layout.pyramid_key(key)), mode="w")
+def write_pyramid(store: Store, key: str, image: np.ndarray) -> None:
+    """An OME-NGFF 0.5 pyramid (c, y, x) of three levels for the slide at ``key``."""
+    group = zarr.open_group(store.zarr_store(layout.pyramid_key(key)), mode="w")
     datasets = []
     for level, factor in enumerate((1, 2, 4)):
-        data = np.moveaxis(tissue[::factor, ::factor], -1, 0)
+        data = np.moveaxis(image[::factor, ::factor], -1, 0)
         array = group.create_array(
             str(level), shape=data.shape, dtype="uint8", chunks=(3, 256, 256)
         )
@@ -182,8 +182,47 @@ def test_slide_is_read_from_its_pyramid_when_one_exists(
         datasets.append({"path": str(level)})
     group.attrs["ome"] = {"version": "0.5", "multiscales": [{"datasets": datasets}]}
     assert multiscale_paths(dict(group.attrs)) == ["0", "1", "2"]
+
+
+def test_slide_is_read_from_its_pyramid_when_one_exists(
+    local_store: Store, config: ImageQAConfig, tissue: np.ndarray
+) -> None:
+    """An OME-NGFF 0.5 pyramid (c, y, x) wins over the TIFF: here the TIFF is empty glass."""
+    key = "slides/both.tiff"
+    local_store.write_bytes(key, pyramid_tiff(np.full_like(tissue, 243)))
+    write_pyramid(local_store, key, tissue)
     report = assess_item(local_store, QAItem(key, "slide"), config)
     assert failed(report) == set(), report.checks
+
+
+@pytest.mark.s3
+def test_a_network_blip_while_reading_a_pyramid_is_retryable_not_a_finding(
+    s3_server: SeaweedServer,
+    config: ImageQAConfig,
+    tissue: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The S3 server drops away after the pyramid is found: the item is not judged unreadable
+    (a ``readable: fail`` finding would queue a good slide for review); the task fails with a
+    ``TransientStoreError``, which Prefect retries."""
+    from storage import errors
+
+    monkeypatch.setattr(errors, "RETRY_BASE_SECONDS", 0.01)
+    with Relay(s3_server.config) as relay:
+        store = open_store(f"s3://mira-plain/t-{uuid.uuid4().hex[:12]}", relay.config)
+        key = "slides/blip.tiff"
+        store.write_bytes(key, pyramid_tiff(tissue))
+        write_pyramid(store, key, tissue)
+        found = store.exists
+
+        def found_then_outage(name: str) -> bool:
+            answer = found(name)
+            relay.cut()
+            return answer
+
+        monkeypatch.setattr(store, "exists", found_then_outage)
+        with pytest.raises(TransientStoreError):
+            assess_item(store, QAItem(key, "slide"), config)
 
 
 def test_pyramid_key_follows_the_slide_name() -> None:

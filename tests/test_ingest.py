@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import uuid
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -20,12 +21,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.uid import UID
 
-from mira.errors import InvalidInput, ObjectNotFound, StoreError
-from storage import Store
+from mira.errors import InvalidInput, ObjectNotFound, TransientStoreError
+from storage import Store, open_store
 from tasks.ingest import stage as ingest
 from tasks.ingest.dropzone import find_ready_batches, scan_dropzone
 from tasks.ingest.sniff import inspect_object, sniff_format
 from tasks.ingest.stage import ingest_batch, read_accepted
+from tests.relay import Relay
+from tests.seaweedfs import SeaweedServer
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 SVS_FIXTURE = Path(__file__).parent / "fixtures" / "cmu_small_region.svs"
@@ -180,14 +183,39 @@ def test_checksum_is_checked_against_the_manifest() -> None:
 
 
 class FailingStream(io.BytesIO):
+    """A connection that resets on every read."""
+
     def read(self, size: int | None = -1) -> bytes:
-        raise ConnectionError("connection reset by peer")
+        raise ConnectionResetError("connection reset by peer")
+
+    def readinto(self, buffer: Any) -> int:
+        raise ConnectionResetError("connection reset by peer")
 
 
-def test_a_failed_read_is_a_storage_error_not_a_rejection() -> None:
-    stream: BinaryIO = FailingStream(bundled("CT_small.dcm"))
-    with pytest.raises(StoreError):
+def test_a_failed_read_is_a_storage_error_not_a_rejection(monkeypatch: pytest.MonkeyPatch) -> None:
+    from storage import errors
+
+    monkeypatch.setattr(errors, "RETRY_BASE_SECONDS", 0.0)
+    failing = FailingStream(bundled("CT_small.dcm"))  # as a store's stream: translated
+    stream: Any = errors.TranslatedReader(failing, "s3://gateway/a.dcm", retry=True)
+    with pytest.raises(TransientStoreError, match=r"a\.dcm"):
         inspect_object(stream)
+
+
+@pytest.mark.s3
+def test_an_outage_mid_inspection_is_retried_later_not_quarantined(
+    s3_server: SeaweedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storage import errors
+
+    monkeypatch.setattr(errors, "RETRY_BASE_SECONDS", 0.01)
+    with Relay(s3_server.config) as relay:
+        store = open_store(f"s3://mira-plain/t-{uuid.uuid4().hex[:12]}", relay.config)
+        store.write_bytes("a.dcm", bundled("CT_small.dcm"))
+        with store.open_read("a.dcm") as stream:
+            relay.cut()  # after the open (a HEAD), before the first GET
+            with pytest.raises(TransientStoreError):
+                inspect_object(stream)
 
 
 def test_small_pyramid_is_a_slide() -> None:

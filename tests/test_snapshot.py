@@ -120,7 +120,7 @@ def dataset(store: Store, patients: int = 8) -> Store:
 
 def tamper(store: Store, key: str, data: bytes | None) -> None:
     """Change or remove an object behind mira's back (a read-only file is no obstacle to root)."""
-    path = Path(str(store.local_path(key)))
+    path = Path(store.filesystem_path(key))
     path.chmod(stat.S_IRUSR | stat.S_IWUSR)
     if data is None:
         path.unlink()

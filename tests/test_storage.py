@@ -6,8 +6,11 @@ import hashlib
 import io
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -20,9 +23,11 @@ from mira.errors import (
     ObjectLocked,
     ObjectNotFound,
 )
-from storage import Retention, Store, open_store, sha256_stream
-from storage.local import LocalStore
+from storage import Retention, Store, open_object, open_store, sha256_stream
+from storage.local import TEMP_MARK, LocalStore
 from storage.s3 import S3Store
+from tests.relay import Relay
+from tests.seaweedfs import SeaweedServer
 
 MiB = 1024 * 1024
 
@@ -391,3 +396,231 @@ def test_sha256_stream_reads_into_one_buffer_or_by_read(store: Store) -> None:
             len(data) - 100,
         ), "from the current position"
     assert store.sha256("hashed.bin") == expected[0]
+
+
+def test_write_many_publishes_every_object(store: Store) -> None:
+    import numpy as np
+
+    shard = np.arange(3 * 64 * 64, dtype=np.uint64).view(np.uint8).reshape(3, -1)
+    objects = {
+        "p/zarr.json": b"{}",
+        "p/0/c/0/0/0": shard,  # an encoder's buffer, written without a copy on local disk
+        "p/0/c/0/0/1": bytearray(b"\x01" * 1000),
+        "p/1/c/0/0/0": memoryview(b"level one"),
+    }
+    store.write_bytes("p/0/c/0/0/1", b"an older version")
+    assert store.write_many(objects) is None
+    assert [o.key for o in store.list("p")] == sorted(objects), "no temporary objects left"
+    assert store.read_bytes("p/0/c/0/0/0") == shard.tobytes()
+    assert store.read_bytes("p/0/c/0/0/1") == b"\x01" * 1000, "replaced whole"
+    assert store.read_bytes("p/1/c/0/0/0") == b"level one"
+    with pytest.raises(InvalidInput):
+        store.write_many({"../outside": b"x"})
+
+
+def test_write_many_replaces_objects_atomically_for_readers(store: Store) -> None:
+    old, new = {f"c/{n}": b"A" * MiB for n in range(8)}, {f"c/{n}": b"B" * MiB for n in range(8)}
+    store.write_many(old)
+    seen: set[bytes] = set()
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not done.is_set():
+                for key in old:
+                    data = store.read_bytes(key)
+                    assert data in (old[key], new[key]), "a whole object, never a mix"
+                    seen.add(data[:1])
+        except BaseException as err:  # surfaced in the test, not lost with the thread
+            errors.append(err)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for version in (new, old, new):
+            store.write_many(version)
+        time.sleep(0.1)
+    finally:
+        done.set()
+        thread.join()
+    assert not errors, errors
+    assert seen and all(store.read_bytes(key) == data for key, data in new.items())
+
+
+def test_write_many_refuses_to_replace_a_locked_local_file(local_store: Store) -> None:
+    local_store.write_bytes("kept", b"1", retention=Retention("GOVERNANCE", datetime.now(UTC)))
+    with pytest.raises(ObjectLocked):
+        local_store.write_many({"kept": b"2"})
+    assert local_store.read_bytes("kept") == b"1"
+
+
+def test_remove_incomplete_sweeps_what_killed_writes_left(store: Store) -> None:
+    store.write_many({"p/0/zarr.json": b"{}", "q/x": b"x"})
+    if store.is_local:  # a killed process leaves temporary files; a killed PUT leaves nothing
+        folder = Path(store.filesystem_path("p/0"))
+        (folder / f"{TEMP_MARK}c.{'0' * 32}").write_bytes(b"half a shard")
+        (folder / f"zarr.{'a1' * 16}.partial").write_bytes(b"half a document")  # zarr's own
+        (Path(store.filesystem_path("q")) / f"{TEMP_MARK}y.{'1' * 32}").write_bytes(b"other")
+        assert store.remove_incomplete("p") == 2
+        assert sorted(p.name for p in folder.iterdir()) == ["zarr.json"]
+        assert store.remove_incomplete() == 1, "the rest of the store"
+        assert store.remove_incomplete("absent") == 0
+    else:
+        assert store.remove_incomplete("p") == 0
+    assert [o.key for o in store.list()] == ["p/0/zarr.json", "q/x"]
+
+
+def test_capabilities_say_what_the_backend_offers(store: Store) -> None:
+    store.write_bytes("a/f.bin", b"file")
+    if isinstance(store, LocalStore):
+        assert store.is_local and not store.supports_versions and not store.supports_object_lock
+        assert Path(store.filesystem_path("a/f.bin")).read_bytes() == b"file"
+    else:
+        assert not store.is_local and not store.supports_versions
+        with pytest.raises(InvalidInput, match="not a file on this machine"):
+            store.filesystem_path("a/f.bin")
+
+
+@pytest.mark.s3
+def test_a_versioned_bucket_says_so(s3_lock_store: Store) -> None:
+    assert s3_lock_store.supports_versions and s3_lock_store.supports_object_lock
+    first = s3_lock_store.write_bytes("v", b"1")
+    s3_lock_store.write_bytes("v", b"2")
+    assert first.version_id and s3_lock_store.read_bytes("v", first.version_id) == b"1"
+
+
+class FlakyStream(io.BytesIO):
+    """Fails its first ``failures`` reads (a dropped connection) after moving on by one byte,
+    as a stream cut mid-read may."""
+
+    def __init__(self, data: bytes, failures: int, error: Exception) -> None:
+        super().__init__(data)
+        self.failures, self.error = failures, error
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.failures:
+            self.failures -= 1
+            super().read(1)
+            raise self.error
+        return super().read(size)
+
+
+def test_stream_failures_become_mira_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mira.errors import StoreError, TransientStoreError
+    from storage import errors
+    from storage.errors import TranslatedReader
+
+    monkeypatch.setattr(errors, "RETRY_BASE_SECONDS", 0.0)
+    reset = ConnectionResetError("connection reset by peer")
+    once = TranslatedReader(FlakyStream(b"0123456789", 1, reset), "s3://b/k", retry=True)
+    once.seek(2)
+    assert once.read(4) == b"2345", "retried from where the read began"
+    always = TranslatedReader(FlakyStream(b"0123456789", 9, reset), "s3://b/k", retry=True)
+    with pytest.raises(TransientStoreError, match="s3://b/k"):
+        always.read()
+    assert always.failures == 9 - errors.RETRY_ATTEMPTS, "three attempts, no more"
+    broken = TranslatedReader(FlakyStream(b"x", 1, OSError(5, "I/O error")), "/data/k")
+    with pytest.raises(StoreError, match="/data/k") as caught:
+        broken.read()
+    assert not isinstance(caught.value, TransientStoreError), "a disk error is not retried"
+    with pytest.raises(ValueError):
+        broken.seek(-1)  # a parser's bad offset stays a ValueError, not a storage error
+
+
+def test_open_read_streams_behave_as_files(store: Store) -> None:
+    store.write_bytes("s.bin", b"0123456789")
+    with store.open_read("s.bin") as stream:
+        assert stream.read(3) == b"012" and stream.seek(5) == 5 and stream.read() == b"56789"
+        buffer = bytearray(4)
+        stream.seek(0)
+        assert stream.readinto(buffer) == 4 and bytes(buffer) == b"0123"
+        assert stream.seek(0, io.SEEK_END) == 10 and stream.tell() == 10
+    assert stream.closed
+    with pytest.raises(ValueError):
+        stream.read()  # as a closed file: a caller's mistake, not a storage failure
+
+
+def zarr_roundtrip(store: Store) -> Any:
+    import numpy as np
+    import zarr
+
+    array = zarr.create_array(
+        store.zarr_store("z.zarr"), shape=(64, 64), chunks=(16, 16), dtype="uint8"
+    )
+    array[...] = np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)
+    return zarr.open_array(store.zarr_store("z.zarr", read_only=True), mode="r")
+
+
+@pytest.mark.s3
+def test_an_outage_mid_read_is_a_transient_error(
+    s3_server: SeaweedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The S3 server goes away while a stream is open and while zarr reads: both surface as
+    ``TransientStoreError`` (which Prefect retries), not as botocore's or aiohttp's errors."""
+    from mira.errors import TransientStoreError
+    from storage import errors
+
+    with Relay(s3_server.config) as relay:
+        store = open_store(f"s3://mira-plain/t-{uuid.uuid4().hex[:12]}", relay.config)
+        store.write_bytes("big.bin", b"x" * (4 * MiB))
+        array = zarr_roundtrip(store)
+        assert int(array[1, 1]) == 65
+        stream = store.open_read("big.bin", block_size=MiB)
+        assert stream.read(10) == b"x" * 10
+        relay.cut()
+        monkeypatch.setattr(errors, "RETRY_BASE_SECONDS", 0.01)
+        with pytest.raises(TransientStoreError, match=r"big\.bin"):
+            stream.read(2 * MiB)
+        with pytest.raises(TransientStoreError, match=r"z\.zarr"):
+            array[40:, 40:]
+        with pytest.raises(TransientStoreError):
+            store.write_many({"c/0": b"x", "c/1": b"y"})
+
+
+@pytest.mark.s3
+def test_each_request_is_tried_three_times_not_twenty_seven(
+    s3_server: SeaweedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retries live in one layer per kind of failure: storage retries one request
+    (``RETRY_ATTEMPTS``); s3fs and botocore do not retry it again underneath."""
+    from mira.errors import TransientStoreError
+    from storage import errors
+
+    monkeypatch.setattr(errors, "RETRY_BASE_SECONDS", 0.01)
+    with Relay(s3_server.config, busy=True) as relay:
+        store = open_store(f"s3://mira-plain/t-{uuid.uuid4().hex[:12]}", relay.config)
+        with pytest.raises(TransientStoreError):
+            store.read_bytes("k")
+        assert relay.requests == errors.RETRY_ATTEMPTS
+        with pytest.raises(TransientStoreError):
+            store.write_many({"a": b"1"})
+        assert relay.requests == 2 * errors.RETRY_ATTEMPTS
+
+
+def test_open_object_splits_a_url_into_store_and_key(tmp_path: Path) -> None:
+    store, key = open_object(tmp_path / "out" / "slide.ome.zarr")
+    assert isinstance(store, LocalStore) and key == "slide.ome.zarr"
+    assert store.url == str(tmp_path / "out")
+    store.write_bytes(key, b"1")
+    same, again = open_object(f"file://{tmp_path}/out/slide.ome.zarr/")
+    assert (same.url, again, same.read_bytes(again)) == (store.url, key, b"1")
+    here, name = open_object("slide.svs")
+    assert here.url == str(Path.cwd()) and name == "slide.svs"
+    s3, s3_key = open_object("s3://bucket/pre/fix/slide.svs")
+    assert isinstance(s3, S3Store) and (s3.url, s3_key) == ("s3://bucket/pre/fix", "slide.svs")
+    top, top_key = open_object("s3://bucket/slide.svs")
+    assert (top.url, top_key) == ("s3://bucket", "slide.svs")
+    for bad in ("s3://bucket", "s3://bucket/", "/", ".", "out/..", "file:///"):
+        with pytest.raises(InvalidInput):
+            open_object(bad)
+    with pytest.raises(ConfigError, match="gs://"):
+        open_object("gs://bucket/key")
+
+
+@pytest.mark.s3
+def test_open_object_reads_from_s3(s3_store: Store, s3_server: SeaweedServer) -> None:
+    s3_store.write_bytes("slides/a.svs", b"slide")
+    store, key = open_object(f"{s3_store.url}/slides/a.svs", s3_server.config)
+    assert (store.url, key) == (f"{s3_store.url}/slides", "a.svs")
+    assert store.read_bytes(key) == b"slide"

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -21,11 +22,14 @@ from ome_zarr_models.v04 import Image as ImageV04
 from ome_zarr_models.v05.image import Image as ImageV05
 from zarr.core.metadata import ArrayV3Metadata
 
-from mira.errors import InvalidInput
+from mira.errors import InvalidInput, TransientStoreError
 from storage import Store, open_store
+from storage.local import TEMP_MARK
 from tasks.parallel import dask_client
 from tasks.wsi.convert import ConvertOptions, convert_pending_slides, convert_slide
 from tasks.wsi.ngff import read_completion_record
+from tests.relay import Relay
+from tests.seaweedfs import SeaweedServer
 from tests.slides import PHI_FIELDS, write_slide
 from tests.test_wsi_pyramid import reference_mean
 from tests.test_wsi_source import real_slide
@@ -277,6 +281,29 @@ def test_s3_source_and_target(slides: Store, s3_store: Store, dask_address: str)
     assert again.skipped
 
 
+@pytest.mark.s3
+def test_an_s3_outage_during_conversion_is_a_transient_error(
+    slides: Store, s3_server: SeaweedServer, dask_address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The S3 server drops away after the first region: the conversion fails with mira's
+    ``TransientStoreError`` (which Prefect retries, and the CLI prints as one line), not with
+    botocore's ``EndpointConnectionError`` from deep inside zarr."""
+    from storage import errors
+
+    monkeypatch.setattr(errors, "RETRY_BASE_SECONDS", 0.01)
+    with Relay(s3_server.config) as relay:
+        target = open_store(f"s3://mira-plain/t-{uuid.uuid4().hex[:12]}", relay.config)
+        with pytest.raises(TransientStoreError, match=r"p\.ome\.zarr"):
+            convert_slide(
+                slides,
+                "svs-jpeg.tiff",
+                target,
+                "p.ome.zarr",
+                small_shards(dask_address, shard=512),
+                lambda done, total: relay.cut(),
+            )
+
+
 def snapshot(store: Store, prefix: str) -> dict[str, tuple[str | None, bytes]]:
     return {info.key: (info.etag, store.read_bytes(info.key)) for info in store.list(prefix)}
 
@@ -389,6 +416,10 @@ def test_resume_after_kill_gives_the_same_pyramid(
     full_total = int(run.stdout.split()[-1].split("/")[1])
     assert read_completion_record(killed, "p.ome.zarr") is None, "a killed run publishes nothing"
     assert len(list(killed.list("p.ome.zarr"))) > 10, "it had written part of the pyramid"
+    # What a kill in the middle of a write leaves: a store temporary file, a zarr one.
+    level0 = tmp_path / "killed" / "p.ome.zarr" / "0"
+    (level0 / f"{TEMP_MARK}cut-short.{'0' * 32}").write_bytes(b"half a shard")
+    (level0 / f"zarr.{'ab' * 16}.partial").write_bytes(b"half a document")
 
     options = ConvertOptions(
         chunk=64, shard=128, min_level_side=100, ngff_version=version, dask_address=dask_address
@@ -402,6 +433,12 @@ def test_resume_after_kill_gives_the_same_pyramid(
 
     a, b = snapshot(killed, "p.ome.zarr"), snapshot(clean, "p.ome.zarr")
     assert sorted(a) == sorted(b), "no stray objects (partial writes) remain"
+    on_disk = {
+        path.relative_to(tmp_path / "killed").as_posix()
+        for path in (tmp_path / "killed" / "p.ome.zarr").rglob("*")
+        if path.is_file()
+    }
+    assert on_disk == set(a), "no temporary files left behind either"
     assert all(a[key][1] == b[key][1] for key in a), "every object identical"
     ga, gb = open_pyramid(killed, "p.ome.zarr", version), open_pyramid(clean, "p.ome.zarr", version)
     for level in range(resumed.levels):

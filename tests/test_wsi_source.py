@@ -143,7 +143,7 @@ def test_unsupported_pixels_are_invalid_input(
 @pytest.mark.s3
 def test_reads_a_slide_streamed_from_s3(s3_store: Store, slide_dir: Path) -> None:
     s3_store.write_bytes("slides/s.tiff", (slide_dir / "svs-jpeg.tiff").read_bytes())
-    assert s3_store.local_path("slides/s.tiff") is None
+    assert not s3_store.is_local
     full_and_part(s3_store, "slides/s.tiff")
 
 

@@ -41,15 +41,14 @@ def convert(
     and a pyramid already made from the same slide content with the same options is left as
     it is. With --codec jpeg, level 0 is the scanner's JPEG tiles, as scanned.
     """
-    from storage import open_store
+    from storage import open_object
     from tasks.wsi import ConvertOptions, convert_slide
 
     if ngff not in ("0.5", "0.4"):
         raise typer.BadParameter("--ngff must be 0.5 or 0.4")
     settings = settings_of(ctx)
-    s3 = settings.s3_config()
-    source_url, _, source_key = slide.rstrip("/").rpartition("/")
-    target_url, _, pyramid_key = output.rstrip("/").rpartition("/")
+    source, source_key = open_object(slide, settings.s3_config())
+    target, pyramid_key = open_object(output, settings.s3_config())
     options = ConvertOptions(
         ngff_version="0.5" if ngff == "0.5" else "0.4",
         chunk=chunk,
@@ -59,14 +58,7 @@ def convert(
         workers=workers or settings.dask_workers,
     )
     with count_progress(console, "converting") as progress:
-        result = convert_slide(
-            open_store(source_url or ".", s3),
-            source_key,
-            open_store(target_url or ".", s3),
-            pyramid_key,
-            options,
-            progress=progress,
-        )
+        result = convert_slide(source, source_key, target, pyramid_key, options, progress=progress)
     if result.skipped:
         out.print(
             f"{output} is already current (made from the same slide content with the same "

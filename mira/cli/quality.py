@@ -359,9 +359,9 @@ def qa_docs(
             target.write_bytes(store.read_bytes(obj.key))
         out.print(f"Data Docs: {(download / 'index.html').absolute()}")
         return
-    local = store.local_path(index)
-    out.print(f"Data Docs: {local or store.url_of(index)}")
-    if not local:
+    where = store.filesystem_path(index) if store.is_local else store.url_of(index)
+    out.print(f"Data Docs: {where}")
+    if not store.is_local:
         console.print("the store is remote: add --download DIR to open the pages in a browser")
 
 
@@ -414,8 +414,9 @@ def review_show(
     out.print(f"[bold]{current.key}[/] ({current.kind}, batch {current.batch}): {current.status}")
     out.print(f"reasons: {current.reasons}")
     if current.thumbnail_key:
-        local = store.local_path(current.thumbnail_key)
-        out.print(f"thumbnail: {local or store.url_of(current.thumbnail_key)}")
+        thumbnail = current.thumbnail_key
+        where = store.filesystem_path(thumbnail) if store.is_local else store.url_of(thumbnail)
+        out.print(f"thumbnail: {where}")
     _review_table(rows, "history")
 
 

@@ -37,8 +37,11 @@ def store_environment(settings: Settings) -> dict[str, str]:
 
 
 def _absolute(url: str) -> str:
-    """Flow runs start in the repository root, so a relative folder must not move with them."""
-    return url if "://" in url else str(Path(url).expanduser().absolute())
+    """Flow runs start in the repository root, so a relative folder must not move with them:
+    the store's own URL, which is absolute."""
+    from storage import open_store
+
+    return open_store(url).url
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -211,8 +211,8 @@ def local_part_paths(store: Store, table: str) -> list[str]:
     parts = list_parts(store, table)
     if not parts:
         return []
-    if store.local_path(parts[0].key) is not None:
-        return [str(store.local_path(p.key)) for p in parts]
+    if store.is_local:
+        return [store.filesystem_path(p.key) for p in parts]
     cache = cache_folder(store) / table
     cache.mkdir(parents=True, exist_ok=True)
     wanted = {_cache_name(p): p for p in parts}

@@ -56,9 +56,8 @@ def scan_object(outputs: Store, key: str, identifiers: set[str]) -> list[PhiHit]
         head = stream.read(4096)
         if sniff_format(head) not in ("tiff", "bigtiff", "svs"):
             return scan_for_phi([(key, head + stream.read())], identifiers)
-        local = outputs.local_path(key)
-        if local is not None:
-            return scan_slide_file(key, local, identifiers)
+        if outputs.is_local:
+            return scan_slide_file(key, outputs.filesystem_path(key), identifiers)
         with tempfile.NamedTemporaryFile(prefix="mira-scan-") as copy:
             copy.write(head)
             shutil.copyfileobj(stream, copy, CHUNK_BYTES)

@@ -14,12 +14,12 @@ import re
 import struct
 import warnings
 from dataclasses import replace
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 import numpy as np
 import tifffile
 
-from mira.errors import MiraError, StoreError
+from mira.errors import MiraError
 from storage.base import read_up_to, sha256_stream
 from tasks.ingest.bombs import check_tile_geometry, check_tile_stream
 from tasks.ingest.dicom_header import inspect_dicom
@@ -45,66 +45,21 @@ MICRONS_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit inch, centime
 APERIO_MPP = re.compile(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)")
 
 
-class GuardedReader(io.RawIOBase):
-    """A read-only view of a store stream that turns read failures into ``StoreError``.
-
-    Parsers raise all kinds of exceptions on bad bytes; a failed read of good bytes must not be
-    mistaken for one of them (it would quarantine a good object), so it is re-raised as a
-    storage error that the inspection lets through.
-    """
-
-    def __init__(self, stream: BinaryIO, name: str) -> None:
-        super().__init__()
-        self._stream = stream
-        self.label = name
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        try:
-            return self._stream.read(-1 if size is None else size)
-        except (OSError, MiraError) as err:
-            raise StoreError(f"reading {self.label} failed: {err}") from err
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET and not 0 <= offset < 2**62:
-            raise ValueError(f"seek to offset {offset} out of range")
-        try:
-            return self._stream.seek(offset, whence)
-        except (OSError, MiraError) as err:
-            raise StoreError(f"seeking in {self.label} failed: {err}") from err
-
-    def tell(self) -> int:
-        return self._stream.tell()
-
-
 def inspect_object(
     source: bytes | BinaryIO,
     manifest_sha256: str | None = None,
     *,
-    name: str = "object",
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> Inspection:
     """Inspect one object from its content: checksum, sniffed format, then DICOM or slide checks.
 
-    ``source`` is the object's bytes or a seekable stream positioned anywhere; ``manifest_sha256``
-    is the checksum the batch manifest promises, if any. Raises only ``MiraError`` for storage
-    failures; every defect of the object itself comes back as ``Inspection.rejection``.
-    ``max_decoded_bytes`` is the most a check may decode (one slide tile, an inflated data set):
-    more is a ``decompression-bomb``.
+    ``source`` is the object's bytes or a store's stream (``Store.open_read``, whose read failures
+    are already mira's errors) positioned anywhere; ``manifest_sha256`` is the checksum the batch
+    manifest promises, if any. Raises only ``MiraError`` for storage failures; every defect of the
+    object itself comes back as ``Inspection.rejection``. ``max_decoded_bytes`` is the most a check
+    may decode (one slide tile, an inflated data set): more is a ``decompression-bomb``.
     """
-    raw = io.BytesIO(bytes(source)) if isinstance(source, bytes | bytearray) else source
-    stream = cast(BinaryIO, GuardedReader(raw, name))
+    stream = io.BytesIO(bytes(source)) if isinstance(source, bytes | bytearray) else source
     stream.seek(0)
     sha256, size = sha256_stream(stream)
     if size == 0:

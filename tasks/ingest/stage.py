@@ -226,16 +226,11 @@ def inspect_group(
     for key, path, size, expected in items:
         if size <= IN_MEMORY_BYTES:
             inspection = inspect_object(
-                store.read_bytes(key),
-                expected,
-                name=store.url_of(key),
-                max_decoded_bytes=max_decoded_bytes,
+                store.read_bytes(key), expected, max_decoded_bytes=max_decoded_bytes
             )
         else:  # hashed in one streaming pass, then only the headers are read again
             with store.open_read(key) as stream:
-                inspection = inspect_object(
-                    stream, expected, name=store.url_of(key), max_decoded_bytes=max_decoded_bytes
-                )
+                inspection = inspect_object(stream, expected, max_decoded_bytes=max_decoded_bytes)
         inspected.append(InspectedObject(path, inspection))
     return inspected
 

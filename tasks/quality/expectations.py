@@ -430,5 +430,5 @@ def build_data_docs(
     (site / "index.html").write_text(index_html(site, verdicts), encoding="utf-8")
     pages = _publish_site(store, site)
     key = f"{layout.DATA_DOCS}/index.html"
-    local = store.local_path(key)
-    return DocsSite(key, store.url_of(key), str(local) if local else None, pages)
+    local = store.filesystem_path(key) if store.is_local else None
+    return DocsSite(key, store.url_of(key), local, pages)

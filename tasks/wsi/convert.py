@@ -429,13 +429,11 @@ def _prepare_target(
     for name in ROOT_DOCUMENTS:  # a pyramid of other content: unpublish it before anything else
         if target.exists(join_key(prefix, name)):
             target.delete(join_key(prefix, name))
+    target.remove_incomplete(prefix)  # temporary files of writes a killed run cut short
     keys = _pyramid_keys(target, prefix)
     if keys and level_fingerprints(target, prefix, job.plan) == {fingerprint}:
-        partial = {key for key in keys if key.endswith(".partial")}  # local writes cut short
-        for key in partial:
-            target.delete(join_key(prefix, key))
         log.info("resuming %s", target.url_of(prefix))
-        return keys - partial
+        return keys
     for key in sorted(keys):
         target.delete(join_key(prefix, key))
     if keys:

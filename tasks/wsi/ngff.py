@@ -16,20 +16,15 @@ objects ``<level>/0/<y>/<x>`` ('/' separator) and no sharding, which Zarr v2 lac
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import uuid
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import zarr
 from numpy.typing import NDArray
 from zarr.codecs import TransposeCodec
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
 from storage import Store, join_key
 from tasks.wsi.pyramid import INTERLEAVED, ChunkCodec, PyramidPlan
@@ -215,10 +210,9 @@ def publish_root(
         }
     else:
         documents = {".zgroup": {"zarr_format": 2}, ".zattrs": dict(attributes)}
-    store = target.zarr_store(pyramid_key)
-    for key, document in documents.items():
+    for key, document in documents.items():  # one at a time: the order is the protocol
         text = json.dumps(document, indent=2, sort_keys=True) + "\n"
-        put_objects(store, {key: text.encode()})
+        store_objects(target, pyramid_key, {key: text.encode()})
 
 
 def read_completion_record(target: Store, pyramid_key: str) -> CompletionRecord | None:
@@ -233,44 +227,10 @@ def read_completion_record(target: Store, pyramid_key: str) -> CompletionRecord 
 def store_objects(
     target: Store, pyramid_key: str, objects: Mapping[str, bytes | NDArray[np.uint8]]
 ) -> None:
-    """Store objects (keys relative to the pyramid) in the target, each one atomically.
-
-    On a local folder each is written straight from the calling thread, to a temporary name that
-    a zarr ``LocalStore`` write would use (``<name>.<uuid>.partial``, swept up by a resumed run)
-    and renamed into place; that skips the event loop and thread hand-offs of zarr's async store,
-    which cost more than the copy on a fast disk. Elsewhere (S3) through the zarr store.
-    """
-    root = target.local_path(pyramid_key)
-    if root is None:
-        put_objects(target.zarr_store(pyramid_key), objects)
-        return
-    for key, data in objects.items():
-        path = Path(root, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_suffix(f".{uuid.uuid4().hex}.partial")
-        try:
-            with temp.open("wb") as handle:
-                handle.write(data if isinstance(data, bytes) else data.data)
-            temp.replace(path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-
-
-def put_objects(store: Any, objects: Mapping[str, bytes | NDArray[np.uint8]]) -> None:
-    """Store each object through the zarr store (one PUT each on S3), concurrently, without
-    copying the bytes on the way."""
-    prototype = default_buffer_prototype()
-
-    def buffer(data: bytes | NDArray[np.uint8]) -> Any:
-        if isinstance(data, bytes):
-            return prototype.buffer.from_bytes(data)
-        return prototype.buffer.from_array_like(data)
-
-    async def put_all() -> None:
-        await asyncio.gather(*(store.set(key, buffer(data)) for key, data in objects.items()))
-
-    sync(put_all())
+    """Store objects (keys relative to the pyramid) in the target, each one atomically: from the
+    calling thread on a local disk, where zarr's async store costs more than the copy; as
+    concurrent PUTs on S3 (``Store.write_many``)."""
+    target.write_many({join_key(pyramid_key, key): data for key, data in objects.items()})
 
 
 def _read_json(target: Store, key: str) -> dict[str, Any] | None:

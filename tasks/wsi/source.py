@@ -65,12 +65,11 @@ class SlideGeometry:
 
 @contextlib.contextmanager
 def open_slide(store: Store, key: str) -> Iterator[tifffile.TiffFile]:
-    """Open the TIFF at ``key``: from its local path when the store is a folder, else streamed
-    with a small read-ahead, for its tags (regions read their tiles with ``prefetch``)."""
-    path = store.local_path(key)
+    """Open the TIFF at ``key``: from its file when the store is local, else streamed with a
+    small read-ahead, for its tags (regions read their tiles with ``prefetch``)."""
     try:
-        if path is not None:
-            with tifffile.TiffFile(path) as tif:
+        if store.is_local:
+            with tifffile.TiffFile(store.filesystem_path(key)) as tif:
                 yield tif
             return
         with (
@@ -99,7 +98,7 @@ def shared_slide(store: Store, key: str, etag: str | None) -> Iterator[tifffile.
     """``open_slide`` for the region tasks of one conversion. A remote slide is opened (its
     tags read, a few round trips) once per process and version and shared by the tasks, which
     read their tiles with ``prefetch``; its file handle is locked for any other read."""
-    if store.local_path(key) is not None or not etag:
+    if store.is_local or not etag:
         with open_slide(store, key) as tif:
             yield tif
         return
