@@ -312,3 +312,82 @@ def test_a_batch_named_after_its_patient_publishes_nothing(store: Store) -> None
         deidentify_batch(gateway, research, "batch-0005", KEY, DeidPolicy.default()).instances == 2
     )
     assert research_leaks(research, BATCH_TOKENS) == []
+
+
+# Item 11: files changed after ingest.
+
+SWAPPED_TOKENS = ("WAINWRIGHT", "MRN4418207", "4418207")
+
+
+def quarantine_reason(gateway: Store, batch: str, path: str) -> dict[str, Any]:
+    reason: dict[str, Any] = gateway.read_json(f"quarantine/{batch}/{path}.reason.json")
+    return reason
+
+
+def test_a_dicom_replaced_after_ingest_is_quarantined(store: Store) -> None:
+    """A same-size file of another patient put in place of an ingested one."""
+    gateway, research = store.child("gateway"), store.child("research")
+    kept = ct_file("SMITHERS^JANE", "MRN3779036", number=1)
+    replaced = ct_file("SMITHERS^JANE", "MRN3779036", number=2)
+    upload(gateway, "batch-swap", {"CT/IM0001.dcm": kept, "CT/IM0002.dcm": replaced})
+    ingest_batch(gateway, "batch-swap")
+    other = ct_file("WAINWRIGHT^AL", "MRN4418207", number=2)
+    assert len(other) == len(replaced)
+    gateway.write_bytes("dropzone/batch-swap/CT/IM0002.dcm", other)
+    result = deidentify_batch(gateway, research, "batch-swap", KEY, DeidPolicy.default())
+    assert result.instances == 1 and result.quarantined == {"changed-after-ingest": 1}
+    assert research_leaks(research, SWAPPED_TOKENS) == []
+    reason = quarantine_reason(gateway, "batch-swap", "CT/IM0002.dcm")
+    assert reason["reason"] == "changed-after-ingest" and reason["stage"] == "deidentify"
+
+
+def test_a_slide_changed_after_ingest_is_quarantined(store: Store) -> None:
+    """One byte of one tile changed in place: same size, same structure, other pixels."""
+    gateway, research = store.child("gateway"), store.child("research")
+    buffer = io.BytesIO()
+    write_label_tiff(buffer)  # type: ignore[arg-type]
+    original = buffer.getvalue()
+    upload(gateway, "batch-slide-swap", {"CASE1/slide.tif": original})
+    ingest_batch(gateway, "batch-slide-swap")
+    with tifffile.TiffFile(io.BytesIO(original)) as tif:
+        offset = int(tif.pages.first.dataoffsets[0]) + 10  # type: ignore[union-attr]
+    changed = bytearray(original)
+    changed[offset] ^= 0xFF
+    gateway.write_bytes("dropzone/batch-slide-swap/CASE1/slide.tif", bytes(changed))
+    result = deidentify_batch(gateway, research, "batch-slide-swap", KEY, DeidPolicy.default())
+    assert result.slides == 0 and result.quarantined == {"changed-after-ingest": 1}
+    assert [o.key for o in research.list("slides")] == []
+    reason = quarantine_reason(gateway, "batch-slide-swap", "CASE1/slide.tif")
+    assert reason["reason"] == "changed-after-ingest"
+
+
+@pytest.mark.s3
+def test_a_recorded_version_is_checked(s3_lock_store: Store) -> None:
+    """On a versioned bucket, where ingest recorded the version it read: a newer version is a
+    change after ingest even when its bytes are the same."""
+    gateway, research = s3_lock_store.child("gateway"), s3_lock_store.child("research")
+    data = ct_file(number=7)
+    upload(gateway, "batch-versions", {"CT/IM0001.dcm": data})
+    ingest_batch(gateway, "batch-versions")
+    key = "dropzone/batch-versions/CT/IM0001.dcm"
+    record_versions(gateway, "batch-versions")
+    gateway.write_bytes(key, data)  # same bytes, a new version
+    result = deidentify_batch(gateway, research, "batch-versions", KEY, DeidPolicy.default())
+    assert result.instances == 0 and result.quarantined == {"changed-after-ingest": 1}
+    assert "version" in quarantine_reason(gateway, "batch-versions", "CT/IM0001.dcm")["detail"]
+
+
+def record_versions(gateway: Store, batch: str) -> None:
+    """Add the ``version_id`` column to the accepted list, as an ingest on S3 may record it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.ingest import read_accepted
+
+    table = read_accepted(gateway, batch)
+    versions = [gateway.info(key).version_id for key in table.column("key").to_pylist()]
+    assert all(versions)
+    table = table.append_column("version_id", pa.array(versions, pa.string()))
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    gateway.write_bytes(f"ingest/{batch}/accepted.parquet", sink.getvalue())

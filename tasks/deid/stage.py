@@ -22,11 +22,12 @@ import pyarrow as pa
 import tifffile
 
 from mira import __version__
-from mira.errors import DeidentificationError, InvalidInput, ObjectNotFound, PhiLeak
+from mira.errors import DeidentificationError, IntegrityError, InvalidInput, ObjectNotFound, PhiLeak
 from storage import Store, join_key, open_store
 from tasks import layout
 from tasks.dataset import INSTANCE_SCHEMA, SLIDE_SCHEMA, summarise_instances, write_part
 from tasks.deid.dicom import deidentify_dicom
+from tasks.deid.ingested import CHANGED_AFTER_INGEST, IngestRecord, ingested_copy, read_ingested
 from tasks.deid.names import batch_name_hits, coded_values, path_identifiers
 from tasks.deid.phiscan import collect_identifiers, scan_for_phi, scan_slide_file
 from tasks.deid.profile import DeidPolicy
@@ -44,13 +45,19 @@ FILES_PER_TASK = 100
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One accepted object to de-identify (gateway key and its path within the batch)."""
+    """One accepted object to de-identify (gateway key and its path within the batch), with
+    the SHA-256 (and S3 version, where ingest recorded one) that every read is checked against."""
 
     key: str
     path: str
     format: str
     sha256: str
     size: int
+    version_id: str | None = None
+
+    @property
+    def record(self) -> IngestRecord:
+        return IngestRecord(self.sha256, self.version_id)
 
 
 @dataclass(frozen=True)
@@ -191,12 +198,9 @@ def accepted_items(gateway: Store, batch: str) -> list[WorkItem]:
         raise InvalidInput(
             f"batch {batch} has not been ingested; run the ingest stage first"
         ) from err
-    return [
-        WorkItem(
-            key=r["key"], path=r["path"], format=r["format"], sha256=r["sha256"], size=r["size"]
-        )
-        for r in table.select(["key", "path", "format", "sha256", "size"]).to_pylist()
-    ]
+    columns = ["key", "path", "format", "sha256", "size"]
+    columns += ["version_id"] if "version_id" in table.column_names else []
+    return [WorkItem(**row) for row in table.select(columns).to_pylist()]
 
 
 def run_groups(
@@ -247,6 +251,8 @@ def deidentify_item(job: DeidJob, item: WorkItem) -> Outcome:
         refusal, detail = "deid-refused", str(err)
     except InvalidInput as err:
         refusal, detail = "deid-invalid", str(err)
+    except IntegrityError as err:
+        refusal, detail = CHANGED_AFTER_INGEST, str(err)
     # Nothing of a refused input is published, but the batch name is: check it all the same.
     hits = len(batch_name_hits(job.batch, _input_identifiers(job, item)))
     return Outcome(item=item, refusal=refusal, detail=detail, batch_name_hits=hits)
@@ -267,7 +273,7 @@ def _input_identifiers(job: DeidJob, item: WorkItem) -> set[str]:
 
 
 def _deidentify_dicom(job: DeidJob, item: WorkItem) -> Outcome:
-    result = deidentify_dicom(job.source.read_bytes(item.key), job.key, job.policy)
+    result = deidentify_dicom(read_ingested(job.source, item.key, item.record), job.key, job.policy)
     research_key = layout.instance_key(
         result.patient_id, result.study_uid, result.series_uid, result.sop_instance_uid
     )
@@ -286,7 +292,10 @@ def _deidentify_dicom(job: DeidJob, item: WorkItem) -> Outcome:
 
 
 def _deidentify_slide(job: DeidJob, item: WorkItem) -> Outcome:
-    with tempfile.NamedTemporaryFile() as output, job.source.open_read(item.key) as source:
+    with (
+        tempfile.NamedTemporaryFile() as output,
+        ingested_copy(job.source, item.key, item.record) as source,
+    ):
         result = deidentify_slide(source, output, job.key, job.policy)
         research_key = layout.slide_key(result.slide_id)
         output.flush()
