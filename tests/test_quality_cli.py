@@ -12,7 +12,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mira.cli import quality as cli_quality
+from mira.cli import catalog as catalog_commands
+from mira.cli import qa as qa_commands
+from mira.cli import review as review_commands
 from mira.cli.root import common
 from mira.errors import InvalidInput
 from storage import Store, open_store
@@ -41,7 +43,8 @@ def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
 def cli() -> typer.Typer:
     app = typer.Typer()
     app.callback()(common)
-    cli_quality.register(app)
+    for commands in (catalog_commands, qa_commands, review_commands):
+        commands.register(app)
     return app
 
 
@@ -140,8 +143,8 @@ def test_listing_reads_the_catalog_never_the_data_objects(
     assert listed and all(prefix.startswith("catalog/") for prefix in listed)
 
 
-def test_ls_on_an_empty_catalog(tmp_path: Path) -> None:
-    result = mira(tmp_path / "empty", "ls")
+def test_ls_of_a_level_the_catalog_lacks_is_empty(research: Path) -> None:
+    result = mira(research, "ls", "instances", "--batch", "no-such-batch")
     assert result.exit_code == 0 and "(0 rows)" in result.output
 
 
@@ -200,8 +203,8 @@ def test_qa_summary_show_and_docs(validated: Path, tmp_path: Path) -> None:
     assert (copy / "index.html").read_bytes() == index.read_bytes()
 
 
-def test_qa_without_results(tmp_path: Path) -> None:
-    result = mira(tmp_path / "fresh", "qa")
+def test_qa_without_results(research: Path) -> None:
+    result = mira(research, "qa")
     assert result.exit_code == 0 and "no batch has been validated" in result.output
 
 

@@ -10,7 +10,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mira.cli import quality as cli_quality
+from mira.cli import catalog as catalog_commands
+from mira.cli import qa as qa_commands
+from mira.cli import review as review_commands
 from mira.cli.root import common
 from mira.errors import InvalidInput
 from storage import Store
@@ -96,7 +98,8 @@ def test_bad_decisions_are_refused(local_store: Store) -> None:
 def cli() -> typer.Typer:
     app = typer.Typer()
     app.callback()(common)
-    cli_quality.register(app)
+    for commands in (catalog_commands, qa_commands, review_commands):
+        commands.register(app)
     return app
 
 

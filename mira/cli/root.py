@@ -90,13 +90,15 @@ def configure_logging(verbose: bool) -> None:
 
 def register_commands() -> None:
     """Attach every command module's commands to ``app``."""
-    from mira.cli import convert, deid, pipeline, quality, sample, serve, snapshot
+    from mira.cli import catalog, convert, deid, pipeline, qa, review, sample, serve, snapshot
 
     sample.register(app)
     pipeline.register(app)
     deid.register(app)
     convert.register(app)
-    quality.register(app)
+    catalog.register(app)
+    qa.register(app)
+    review.register(app)
     snapshot.register(app)
     serve.register(app)
 

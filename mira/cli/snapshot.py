@@ -9,10 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mira.cli.common import console, out, settings_of
+from mira.cli.common import console, out, research_store, settings_of
 from mira.cli.progress import step_progress
 from mira.errors import IntegrityError, InvalidInput
-from storage import Store
 
 DIFF_ROWS = 20
 PROBLEM_ROWS = 200
@@ -28,12 +27,6 @@ class LockModeChoice(StrEnum):
 
     COMPLIANCE = "COMPLIANCE"
     GOVERNANCE = "GOVERNANCE"
-
-
-def research_store(ctx: typer.Context) -> Store:
-    """The research store the common options name."""
-    settings = settings_of(ctx)
-    return settings.research()
 
 
 def split(

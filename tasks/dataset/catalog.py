@@ -19,6 +19,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from mira.errors import InvalidInput
@@ -189,21 +190,67 @@ def read_table(store: Store, table: str) -> pa.Table:
 
 
 def connect_catalog(store: Store, tables: Iterable[str] = TABLES) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with a view per non-empty catalog table.
+    """An in-memory DuckDB connection with a table per non-empty catalog table, and no file access.
 
-    The views read the Parquet parts lazily (only the columns and row groups a query needs):
-    in place on a local store, from a local cache kept fresh by ETag for an S3 store, so a
-    query costs one LIST per table, not a download of the catalog.
+    Each table is an Arrow dataset over the Parquet parts, read lazily (only the columns and row
+    groups a query needs): in place on a local store, from a local cache kept fresh by ETag for
+    an S3 store, so a query costs one LIST per table, not a download of the catalog. DuckDB
+    itself may then touch no file (``enable_external_access`` off, configuration locked): a
+    query cannot read ``/etc/passwd`` or ``COPY`` anything out.
     """
     connection = duckdb.connect()
     for table in tables:
         paths = local_part_paths(store, table)
         if paths:
-            files = ", ".join("'" + path.replace("'", "''") + "'" for path in paths)
-            connection.sql(
-                f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{files}], union_by_name = true)"
+            schema = pa.unify_schemas(
+                [pq.read_schema(path) for path in paths], promote_options="permissive"
             )
+            connection.register(table, ds.dataset(paths, schema=schema, format="parquet"))
+    connection.execute("SET enable_external_access = false")
+    connection.execute("SET lock_configuration = true")
     return connection
+
+
+@dataclass(frozen=True)
+class CatalogTable:
+    """One table of the catalog: its parts (one per batch, split or slide) and rows."""
+
+    name: str
+    parts: int
+    rows: int
+
+
+def catalog_tables(store: Store) -> list[CatalogTable]:
+    """Every catalog table with its part and row counts (from the Parquet footers)."""
+    found = []
+    for table in TABLES:
+        paths = local_part_paths(store, table)
+        rows = sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
+        found.append(CatalogTable(table, len(paths), rows))
+    return found
+
+
+def has_catalog(store: Store) -> bool:
+    """Whether ``store`` holds a catalog at all (a research store that has seen a batch)."""
+    return next(iter(store.list(f"{layout.CATALOG}/")), None) is not None
+
+
+READ_ONLY_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
+
+
+def check_read_only(sql: str) -> None:
+    """Only queries run on the catalog (SELECT, SHOW, DESCRIBE, SUMMARIZE, EXPLAIN)."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as err:
+        raise InvalidInput(f"catalog query failed: {err}") from err
+    for statement in statements:
+        if statement.type not in READ_ONLY_STATEMENTS:
+            kind = statement.type.name.replace("_", " ")
+            raise InvalidInput(
+                f"the catalog is read-only: only SELECT (SHOW, DESCRIBE, SUMMARIZE) and EXPLAIN "
+                f"queries run, not {kind}"
+            )
 
 
 def local_part_paths(store: Store, table: str) -> list[str]:
@@ -239,8 +286,13 @@ def _cache_name(part: ObjectInfo) -> str:
 
 
 def query_catalog(store: Store, sql: str) -> pa.Table:
-    """Run ``sql`` (DuckDB dialect) over the catalog tables; returns an Arrow table."""
-    connection = connect_catalog(store, [t for t in TABLES if re.search(rf"\b{t}\b", sql)])
+    """Run the query ``sql`` (DuckDB dialect) over the catalog tables; returns an Arrow table.
+
+    Statements other than queries are refused, and the connection can touch no file.
+    """
+    check_read_only(sql)
+    used = [t for t in TABLES if re.search(rf"\b{t}\b", sql)]
+    connection = connect_catalog(store, used or TABLES)  # SHOW TABLES names none: all of them
     try:
         relation = connection.sql(sql)
         return relation.to_arrow_table() if relation is not None else pa.table({})
