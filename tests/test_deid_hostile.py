@@ -16,14 +16,16 @@ import pytest
 import tifffile
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 from mira.errors import PhiLeak
-from storage import Store
+from storage import Store, open_store
 from tasks.deid import DeidPolicy, deidentify_slide, input_identifiers
 from tasks.deid.stage import deidentify_batch
 from tasks.ingest import ingest_batch
 from tests import slides as slide_fixtures
+
+pytest_plugins = ["tests.prefect_fixtures"]
 
 KEY = b"hostile-test-key-0123456789abcdef"
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -103,13 +105,15 @@ def ct_file(
     number: int = 1,
 ) -> bytes:
     """pydicom's real CT slice as one patient's file, with its own UIDs."""
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    source = get_testdata_file("CT_small.dcm")
+    assert isinstance(source, str)
+    ds = pydicom.dcmread(source)
     ds.PatientName, ds.PatientID, ds.PatientBirthDate = name, patient_id, "19610412"
     ds.BodyPartExamined, ds.StudyDescription = body_part, description
     ds.InstanceNumber = number
 
-    def uid(kind: str) -> str:
-        return str(generate_uid(entropy_srcs=[kind, patient_id, str(number)]))
+    def uid(kind: str) -> UID:
+        return generate_uid(entropy_srcs=[kind, patient_id, str(number)])
 
     ds.StudyInstanceUID, ds.SeriesInstanceUID = uid("study"), uid("series")
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid("instance")
@@ -189,7 +193,7 @@ def test_level_zero_is_found_when_the_label_comes_first(tmp_path: Path) -> None:
     assert all_shapes(out) == [(1024, 1536, 3), (256, 384, 3)]
     assert result.levels == 2
     with tifffile.TiffFile(out) as tif:
-        assert np.array_equal(tif.pages[0].asarray(), level0)  # type: ignore[union-attr]
+        assert np.array_equal(tif.pages.first.asarray(), level0)
 
 
 def test_a_page_that_is_no_reduction_of_level_zero_is_dropped(tmp_path: Path) -> None:
@@ -314,6 +318,35 @@ def test_a_batch_named_after_its_patient_publishes_nothing(store: Store) -> None
     assert research_leaks(research, BATCH_TOKENS) == []
 
 
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_mira_run_of_a_batch_named_after_its_patient_leaves_no_trace(
+    tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole pipeline, as ``mira run`` drives it: it stops at de-identification with the
+    reason, and no key or byte of the research store holds a token of the name."""
+    from typer.testing import CliRunner
+
+    from mira.cli.root import app, register_commands
+
+    register_commands()
+    gateway, research = tmp_path / "gateway", tmp_path / "research"
+    folder = gateway / "dropzone" / PATIENT_BATCH / "CT"
+    folder.mkdir(parents=True)
+    for number in (1, 2):
+        (folder / f"IM000{number}.dcm").write_bytes(ct_file(number=number))
+    (folder.parent / "_READY").write_bytes(b"")
+    monkeypatch.setenv("MIRA_DEID_SECRET", "hostile-test-secret-0123456789abcdef")
+    for name in ("MIRA_GATEWAY_URL", "MIRA_RESEARCH_URL"):
+        monkeypatch.delenv(name, raising=False)
+    flags = ["--gateway", str(gateway), "--research", str(research)]
+    result = CliRunner().invoke(app, [*flags, "run", PATIENT_BATCH])
+    assert result.exit_code == 1
+    assert "the batch name holds identifiers" in result.output
+    research.mkdir(exist_ok=True)
+    assert research_leaks(open_store(research), BATCH_TOKENS) == []
+
+
 # Item 11: files changed after ingest.
 
 SWAPPED_TOKENS = ("WAINWRIGHT", "MRN4418207", "4418207")
@@ -350,7 +383,7 @@ def test_a_slide_changed_after_ingest_is_quarantined(store: Store) -> None:
     upload(gateway, "batch-slide-swap", {"CASE1/slide.tif": original})
     ingest_batch(gateway, "batch-slide-swap")
     with tifffile.TiffFile(io.BytesIO(original)) as tif:
-        offset = int(tif.pages.first.dataoffsets[0]) + 10  # type: ignore[union-attr]
+        offset = int(tif.pages.first.dataoffsets[0]) + 10
     changed = bytearray(original)
     changed[offset] ^= 0xFF
     gateway.write_bytes("dropzone/batch-slide-swap/CASE1/slide.tif", bytes(changed))
