@@ -8,7 +8,10 @@ fails the run. Every stage is idempotent, so a rerun of a batch adds and rewrite
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from prefect import flow, get_run_logger, tags, task
+from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from flows.convert import ConvertParams, convert_slides
@@ -24,7 +27,7 @@ from flows.split import SplitParams, split
 from flows.summaries import PipelineSummary
 from mira.errors import MiraError
 from mira.settings import Settings
-from tasks.ingest import check_pipeline_inputs
+from tasks.ingest import ClaimOutcome, check_pipeline_inputs, claim_batch_run
 
 STAGE_ORDER = ("ingest", "deidentify", "convert", "quality", "split", "snapshot")
 
@@ -70,9 +73,45 @@ def pipeline(
     stores = stores or StoreParams()
     options = options or PipelineOptions()
     tag_this_run(batch_tag(batch))
-    preflight_task(stores.settings(), batch)
+    settings = stores.settings()
+    preflight_task(settings, batch)
+    claim = claim_batch_task(settings, batch)
+    if not claim.claimed:
+        holder = claim.holder
+        message = (
+            f"batch {batch} is already being processed by run {holder.run_name} "
+            f"({holder.run_id}, since {holder.claimed_at}); this run does nothing"
+        )
+        get_run_logger().warning("%s", message)
+        return PipelineSummary(batch=batch, skipped=message)
     with tags(batch_tag(batch)):
         return _run_stages(batch, stores, options)
+
+
+@task(name="claim-batch", **RETRY_POLICY)
+def claim_batch_task(settings: Settings, batch: str) -> ClaimOutcome:
+    """Hold the batch for this run, unless another active run holds it (tasks.ingest.runs)."""
+    return claim_batch_run(
+        settings.gateway(),
+        batch,
+        "pipeline",
+        str(flow_run.id),
+        str(flow_run.name),
+        flow_run_is_active,
+    )
+
+
+def flow_run_is_active(run_id: str) -> bool:
+    """Whether the Prefect flow run ``run_id`` has not reached a final state."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(run_id))
+    except (ObjectNotFound, ValueError):  # deleted from the server, or not a run id at all
+        return False
+    return run.state is not None and not run.state.is_final()
 
 
 @task(name="preflight", **RETRY_POLICY)

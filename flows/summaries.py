@@ -67,3 +67,4 @@ class PipelineSummary(StageSummary):
     split: SplitResult | None = None
     snapshot: SnapshotSummary | None = None
     error: str | None = None
+    skipped: str | None = None  # another active run holds the batch; this one did nothing

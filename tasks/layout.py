@@ -20,6 +20,7 @@ REASON_SUFFIX = ".reason.json"
 INGEST = "ingest"
 DEID = "deid"
 ANNOUNCEMENTS = "events/batch-ready"
+RUN_CLAIMS = "runs"  # runs/<batch>/<stage>/<generation>.json: which run holds a batch
 
 # Research store
 DICOM = "dicom"

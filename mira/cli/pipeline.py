@@ -108,6 +108,8 @@ def summary_row(summary: PipelineSummary) -> list[str]:
     """The cells of one batch's row (stages that did not run show "-")."""
     if summary.error is not None:
         return ["failed: " + summary.error, *["-"] * (len(SUMMARY_ROWS) - 1)]
+    if summary.skipped is not None:
+        return ["skipped: " + summary.skipped, *["-"] * (len(SUMMARY_ROWS) - 1)]
     ingest, deid, quality = summary.ingest, summary.deidentify, summary.quality
     quarantined = Counter(dict(ingest.quarantined) if ingest else {})
     quarantined.update(deid.quarantined if deid else {})

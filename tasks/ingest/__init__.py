@@ -11,6 +11,7 @@ from tasks.ingest.dropzone import BatchRef, find_ready_batches
 from tasks.ingest.preflight import check_pipeline_inputs
 from tasks.ingest.quarantine_zone import QuarantineEntry, quarantine, write_reason
 from tasks.ingest.redact import GatewayNames, gateway_names_hidden
+from tasks.ingest.runs import ClaimOutcome, RunClaim, claim_batch_run
 from tasks.ingest.sniff import sniff_format
 from tasks.ingest.stage import IngestResult, ingest_batch, read_accepted
 
@@ -18,11 +19,14 @@ __all__ = [
     "BATCH_READY",
     "Announcement",
     "BatchRef",
+    "ClaimOutcome",
     "GatewayNames",
     "IngestResult",
     "QuarantineEntry",
+    "RunClaim",
     "announce_batch",
     "check_pipeline_inputs",
+    "claim_batch_run",
     "find_ready_batches",
     "gateway_names_hidden",
     "ingest_batch",

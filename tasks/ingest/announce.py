@@ -28,6 +28,7 @@ from mira.errors import AlreadyExists
 from storage import Store, join_key
 from tasks import layout
 from tasks.ingest.dropzone import BatchRef, find_ready_batches
+from tasks.ingest.runs import claimed_batches
 
 if TYPE_CHECKING:  # Prefect is imported when a batch is announced, not by every ingest import
     from prefect.events import Event
@@ -65,8 +66,9 @@ def announced_batches(gateway: Store) -> set[str]:
 
 
 def pending_batches(gateway: Store) -> list[BatchRef]:
-    """Ready batches of the drop zone that were never announced."""
-    done = announced_batches(gateway)
+    """Ready batches of the drop zone that were never announced nor run (a batch that
+    ``mira run`` or the UI already started is not announced again)."""
+    done = announced_batches(gateway) | claimed_batches(gateway)
     return [ref for ref in find_ready_batches(gateway) if ref.name not in done]
 
 
