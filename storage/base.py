@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 CHUNK_BYTES = 8 * 1024 * 1024
 HASH_CHUNK_BYTES = 1024 * 1024  # fits a core's L2 cache: hashed while still there
 LockMode = Literal["COMPLIANCE", "GOVERNANCE"]
+SpecialKind = Literal["symlink", "fifo", "socket", "device"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,15 @@ class ObjectVersion:
     last_modified: datetime | None = None
     latest: bool = False  # what a read without a version id sees (a delete marker: nothing)
     delete_marker: bool = False
+
+
+@dataclass(frozen=True)
+class SpecialEntry:
+    """An entry below a prefix that is not an object: a symbolic link (to a file or a folder),
+    a FIFO, a socket or a device. Listed so that it can be reported; never followed or opened."""
+
+    key: str
+    kind: SpecialKind
 
 
 @dataclass(frozen=True)
@@ -230,7 +240,13 @@ class Store(ABC):
 
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object below ``prefix``, recursively, sorted by key, with sizes."""
+        """Every object below ``prefix``, recursively, sorted by key, with sizes. Links and
+        special files are not objects: see ``list_special``."""
+
+    def list_special(self, prefix: str = "") -> Iterator[SpecialEntry]:
+        """The links and special files below ``prefix``, sorted by key, none of them followed.
+        Only a local folder has them; an object store has none."""
+        return iter(())
 
     def list_versions(self, prefix: str = "") -> Iterator[ObjectVersion]:
         """Every version and delete marker below ``prefix``, sorted by key; for each key its

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -16,7 +18,16 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from mira.errors import AccessDenied, AlreadyExists, InvalidInput, ObjectLocked, ObjectNotFound
-from storage.base import CHUNK_BYTES, ObjectInfo, Retention, Store, byte_view, join_key
+from storage.base import (
+    CHUNK_BYTES,
+    ObjectInfo,
+    Retention,
+    SpecialEntry,
+    SpecialKind,
+    Store,
+    byte_view,
+    join_key,
+)
 from storage.errors import TranslatedReader, translate_errors
 
 if TYPE_CHECKING:
@@ -70,7 +81,8 @@ class LocalStore(Store):
     ) -> BinaryIO:
         path = self._path(key)
         try:
-            return TranslatedReader(path.open("rb"), self.url_of(key))  # type: ignore[return-value]
+            handle = _open_regular(self.root, path, self.url_of(key))
+            return TranslatedReader(handle, self.url_of(key))  # type: ignore[return-value]
         except FileNotFoundError as err:
             raise ObjectNotFound(f"no such object: {self.url_of(key)}") from err
         except IsADirectoryError as err:
@@ -140,33 +152,66 @@ class LocalStore(Store):
             raise AlreadyExists(f"object already exists: {self.url_of(key)}") from err
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        for key, path, mode in self._entries(prefix):
+            if stat.S_ISREG(mode):
+                yield self._info(path, key)
+
+    def list_special(self, prefix: str = "") -> Iterator[SpecialEntry]:
+        for key, _path, mode in self._entries(prefix):
+            if not stat.S_ISREG(mode):
+                yield SpecialEntry(key, _special_kind(mode))
+
+    def _entries(self, prefix: str) -> builtins.list[tuple[str, Path, int]]:
+        """(key, path, mode) of every entry below ``prefix`` that is not a folder, sorted by key.
+
+        Links below the root are never followed: a link (to a file or a folder) is an entry of
+        its own, and a prefix inside a linked folder holds nothing.
+        """
         base = self._path(prefix)
-        if base.is_file():
-            yield self._info(base, join_key(prefix))
-            return
-        walk_root = base if base.is_dir() or base == self.root else base.parent
-        if not walk_root.is_dir():
-            return
-        wanted = join_key(prefix) if not base.is_dir() else ""
-        found: list[tuple[str, Path]] = []
-        for dirpath, dirnames, filenames in os.walk(walk_root):
+        mode = self._mode(base)
+        if mode is not None and not stat.S_ISDIR(mode):
+            return [(join_key(prefix), base, mode)]
+        if mode is not None:  # a folder, and no link on the way to it
+            walk_root, wanted = base, ""
+        else:  # not there: a name prefix of the entries in its folder, as on S3
+            walk_root, wanted = base.parent, join_key(prefix)
+            folder_mode = self._mode(walk_root) if base != self.root else None
+            if folder_mode is None or not stat.S_ISDIR(folder_mode):
+                return []
+        found: builtins.list[tuple[str, Path, int]] = []
+        for dirpath, dirnames, filenames in os.walk(walk_root):  # does not enter linked folders
             dirnames.sort()
-            for name in filenames:
-                if name.startswith(TEMP_MARK):
-                    continue
+            for name in (*dirnames, *filenames):
                 full = Path(dirpath, name)
                 key = full.relative_to(self.root).as_posix()
-                if key.startswith(wanted):
-                    found.append((key, full))
-        for key, full in sorted(found):
-            yield self._info(full, key)
+                if name.startswith(TEMP_MARK) or not key.startswith(wanted):
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # removed while listed
+                    entry_mode = full.lstat().st_mode
+                    if not stat.S_ISDIR(entry_mode):
+                        found.append((key, full, entry_mode))
+        return sorted(found)
+
+    def _mode(self, path: Path) -> int | None:
+        """The mode of ``path`` itself (a link is not followed); None when it does not exist or
+        lies inside a linked folder."""
+        if path == self.root:
+            return self.root.stat().st_mode if self.root.exists() else None
+        try:
+            for folder in reversed(path.relative_to(self.root).parents[:-1]):
+                if not stat.S_ISDIR(os.lstat(self.root / folder).st_mode):
+                    return None
+            return os.lstat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        mode = self._mode(self._path(key))
+        return mode is not None and stat.S_ISREG(mode)
 
     def info(self, key: str) -> ObjectInfo:
         path = self._path(key)
-        if not path.is_file():
+        if not self.exists(key):
             raise ObjectNotFound(f"no such object: {self.url_of(key)}")
         return self._info(path, key)
 
@@ -227,6 +272,44 @@ class LocalStore(Store):
 
         store = ZarrLocalStore(self._path(prefix), read_only=read_only)
         return TranslatingZarrStore(store, self.url_of(prefix))
+
+
+def _open_regular(root: Path, path: Path, url: str) -> BinaryIO:
+    """Open the regular file at ``path`` without following a link anywhere below ``root``,
+    folder by folder. A link, FIFO, socket or device is not an object and is never opened:
+    a link could lead out of the store, a FIFO would block, ``/dev/zero`` never ends."""
+    *folders, name = path.relative_to(root).parts or (".",)
+    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in folders:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "a folder", str(path))
+        if not stat.S_ISREG(mode):
+            raise ObjectNotFound(f"not an object (a {_special_kind(mode)}): {url}")
+        handle = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ObjectNotFound(f"not an object (a link or a file on its path): {url}") from err
+        raise
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(handle).st_mode):  # replaced since it was looked at
+        os.close(handle)
+        raise ObjectNotFound(f"not an object (a special file): {url}")
+    os.set_blocking(handle, True)
+    return open(path, "rb", opener=lambda _path, _flags: handle)  # named by its path, as usual
+
+
+def _special_kind(mode: int) -> SpecialKind:
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    return "socket" if stat.S_ISSOCK(mode) else "device"
 
 
 def _write_temp(temp: Path, stream: IO[bytes]) -> tuple[str, int]:

@@ -276,6 +276,8 @@ class S3Store(Store):
         found = self._list_objects(paginator_prefix)
         strip = len(root) + 1 if root else 0
         for entry in sorted(found, key=lambda e: e["Key"]):
+            if entry["Key"].endswith("/"):
+                continue  # a folder marker (consoles create them), which no key can address
             yield ObjectInfo(
                 key=entry["Key"][strip:],
                 size=int(entry["Size"]),

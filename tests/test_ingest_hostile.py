@@ -290,3 +290,25 @@ def test_the_ceiling_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().ingest_max_decoded_bytes == DEFAULT_MAX_DECODED_BYTES
     monkeypatch.setenv("MIRA_INGEST_MAX_DECODED_BYTES", str(64 * MiB))
     assert Settings().ingest_max_decoded_bytes == 64 * MiB
+
+
+# Item 9: S3 folder markers.
+
+
+@pytest.mark.s3
+def test_s3_folder_markers_are_ignored(s3_store: Any) -> None:
+    put_batch(s3_store, "b1", {"sub/IM1.dcm": bundled("CT_small.dcm")})
+    for marker in ("dropzone/b1/sub/", "dropzone/b1/empty/"):
+        s3_store.fs.call_s3(
+            "put_object", Bucket=s3_store.bucket, Key=f"{s3_store.prefix}/{marker}", Body=b""
+        )
+    assert [info.key for info in s3_store.list("dropzone/b1")] == [
+        "dropzone/b1/_READY",
+        "dropzone/b1/sub/IM1.dcm",
+    ]
+    assert list(s3_store.list_special("dropzone")) == []
+
+    result = ingest_batch(s3_store, "b1")
+
+    assert (result.accepted, result.files, dict(result.quarantined)) == (1, 1, {})
+    assert ingest_batch(s3_store, "b1").already_done
