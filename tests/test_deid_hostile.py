@@ -7,6 +7,8 @@ level, a batch named after its patient, ordinary folder names, a file replaced a
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -220,10 +222,12 @@ def write_format(kind: str, path: Path) -> Path:
 
         write_svs(path, slide_identity("DOE^JANE", "MRN3779036", "2023-06-12", 0, 7), 1024)
         return path
+    if kind == "svs-jpeg2000":
+        return slide_fixtures.write_slide(path, 700, 900, kind="svs", codec="jpeg2000", levels=3)
     return slide_fixtures.write_slide(path, 700, 900, kind=kind, levels=3)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("kind", ["svs", "tiff", "ome", "sample-svs", "cmu-aperio"])
+@pytest.mark.parametrize("kind", ["svs", "svs-jpeg2000", "tiff", "ome", "sample-svs", "cmu-aperio"])
 def test_real_formats_keep_their_pyramid_and_nothing_else(kind: str, tmp_path: Path) -> None:
     src = write_format(kind, tmp_path / "in.tif")
     out = tmp_path / "out.tif"
@@ -424,3 +428,40 @@ def record_versions(gateway: Store, batch: str) -> None:
     sink = io.BytesIO()
     pq.write_table(table, sink)
     gateway.write_bytes(f"ingest/{batch}/accepted.parquet", sink.getvalue())
+
+
+def jpeg_bomb_svs(path: Path) -> Path:
+    """An SVS whose smallest level's one JPEG tile declares 60000 x 60000 pixels (the tile is
+    256 x 256): rebuilding the thumbnail must not decode it."""
+    slide_fixtures.write_slide(path, 700, 900, kind="svs", levels=3)
+    with tifffile.TiffFile(path) as tif:
+        smallest = tif.series[0].levels[-1].keyframe
+        offset, count = int(smallest.dataoffsets[0]), int(smallest.databytecounts[0])
+    data = bytearray(path.read_bytes())
+    sof = data.index(b"\xff\xc0", offset, offset + count)
+    data[sof + 5 : sof + 9] = (60000).to_bytes(2, "big") * 2
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_jpeg_bomb_in_the_smallest_level_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    src = jpeg_bomb_svs(tmp_path / "bomb.svs")
+    code = (
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
+        "from mira.errors import DeidentificationError\n"
+        "from tasks.deid import DeidPolicy, deidentify_slide\n"
+        "try:\n"
+        f"    deidentify_slide({str(src)!r}, {str(tmp_path / 'out.svs')!r}, b'k' * 32,"
+        " DeidPolicy.default())\n"
+        "except DeidentificationError as err:\n"
+        "    print('refused:', err)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert "refused:" in run.stdout and "60000" in run.stdout, run.stderr[-3000:]

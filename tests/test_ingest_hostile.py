@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -30,11 +31,13 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from mira.errors import ObjectNotFound
 from mira.settings import Settings
 from storage import Store, open_store
+from tasks.ingest.dropzone import scan_dropzone
 from tasks.ingest.inspection import DEFAULT_MAX_DECODED_BYTES
 from tasks.ingest.sniff import inspect_object
-from tasks.ingest.stage import ingest_batch
+from tasks.ingest.stage import ingest_batch, read_accepted
 from tests.slides import write_slide
 
 MiB = 1024 * 1024
@@ -290,6 +293,110 @@ def test_the_ceiling_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().ingest_max_decoded_bytes == DEFAULT_MAX_DECODED_BYTES
     monkeypatch.setenv("MIRA_INGEST_MAX_DECODED_BYTES", str(64 * MiB))
     assert Settings().ingest_max_decoded_bytes == 64 * MiB
+
+
+# Item 7: links and special files in the drop zone.
+
+
+def test_links_and_special_files_are_quarantined_by_name_never_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "other-patient.dcm").write_bytes(bundled("MR_small.dcm"))
+    gateway = tmp_path / "gateway"
+    batch = gateway / "dropzone" / "b1"
+    batch.mkdir(parents=True)
+    (batch / "good.dcm").write_bytes(bundled("CT_small.dcm"))
+    (batch / "linked.dcm").symlink_to(outside / "other-patient.dcm")
+    (batch / "passwd").symlink_to("/etc/passwd")
+    (batch / "zero").symlink_to("/dev/zero")
+    (batch / "dangling").symlink_to(tmp_path / "nothing-here")
+    (batch / "folder").symlink_to(outside, target_is_directory=True)
+    os.mkfifo(batch / "fifo")
+    (batch / "_READY").write_bytes(b"")
+    special = {"linked.dcm", "passwd", "zero", "dangling", "folder", "fifo"}
+
+    result = ingest_guarded(gateway, "b1")
+
+    assert result["accepted"] == 1 and result["files"] == 7
+    assert result["quarantined"] == {"not-a-regular-file": 6}
+    store = open_store(gateway)
+    assert [row["path"] for row in read_accepted(store, "b1").to_pylist()] == ["good.dcm"]
+    for name in special:
+        record = reason_of(store, "b1", name)
+        assert record["reason"] == "not-a-regular-file"
+        assert record["sha256"] is None and record["size"] is None
+        assert not (gateway / "quarantine" / "b1" / name).exists()  # no copy: never opened
+    assert "symbolic link" in reason_of(store, "b1", "folder")["detail"]
+    assert "FIFO" in reason_of(store, "b1", "fifo")["detail"]
+    passwd_line = Path("/etc/passwd").read_bytes().splitlines()[0]
+    for path in gateway.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.parent != batch:
+            assert passwd_line not in path.read_bytes(), path
+    summary = json.loads((gateway / "ingest" / "b1" / "summary.json").read_text())
+    assert {o["path"] for o in summary["quarantined_objects"]} == special
+    again = ingest_guarded(gateway, "b1")  # the recorded result, the links counted as before
+    assert again["quarantined"] == result["quarantined"]
+
+
+def test_local_listing_reports_links_and_special_files_without_following(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.dcm").write_bytes(b"outside")
+    store = open_store(tmp_path / "store")
+    store.write_bytes("a/plain", b"inside")
+    root = tmp_path / "store"
+    (root / "a" / "link").symlink_to(outside / "secret.dcm")
+    (root / "a" / "folder").symlink_to(outside, target_is_directory=True)
+    os.mkfifo(root / "a" / "fifo")
+
+    assert [info.key for info in store.list("a")] == ["a/plain"]
+    assert [(entry.key, entry.kind) for entry in store.list_special("a")] == [
+        ("a/fifo", "fifo"),
+        ("a/folder", "symlink"),
+        ("a/link", "symlink"),
+    ]
+    assert [entry.key for entry in store.list_special("a/link")] == ["a/link"]
+    for key in ("a/link", "a/fifo", "a/folder/secret.dcm"):
+        assert not store.exists(key)
+        with pytest.raises(ObjectNotFound):
+            store.read_bytes(key)
+        with pytest.raises(ObjectNotFound):
+            store.copy(key, "b/copy")
+    assert not (root / "b").exists()
+
+
+def test_a_linked_marker_or_manifest_does_not_make_a_batch_ready(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "gateway")
+    store.write_bytes("dropzone/b1/a.dcm", bundled("CT_small.dcm"))
+    store.write_bytes("elsewhere/_READY", b"")
+    folder = tmp_path / "gateway" / "dropzone" / "b1"
+    (folder / "_READY").symlink_to(tmp_path / "gateway" / "elsewhere" / "_READY")
+    (folder / "manifest.json").symlink_to("/etc/passwd")
+
+    waiting = {batch.name: batch.reason for batch in scan_dropzone(store).waiting}
+
+    assert "no _READY marker or manifest.json" in waiting["b1"]
+
+
+# Item 8: a file name that is not UTF-8.
+
+
+def test_a_non_utf8_file_name_is_quarantined_and_the_batch_goes_on(local_store: Store) -> None:
+    put_batch(local_store, "b1", {"good.dcm": bundled("CT_small.dcm")})
+    folder = Path(local_store.filesystem_path("dropzone/b1"))
+    bad = os.fsdecode(os.fsencode(folder) + b"/\xff\xfeIM1.dcm")
+    Path(bad).write_bytes(bundled("MR_small.dcm"))
+
+    result = ingest_batch(local_store, "b1")
+
+    assert result.accepted == 1 and result.quarantined == {"invalid-name": 1}
+    escaped = "\\xff\\xfeIM1.dcm"
+    record = reason_of(local_store, "b1", escaped)
+    assert record["path"] == escaped and record["reason"] == "invalid-name"
+    assert local_store.read_bytes(f"quarantine/b1/{escaped}") == bundled("MR_small.dcm")
+    summary = local_store.read_json("ingest/b1/summary.json")
+    assert summary["quarantined_objects"] == [{"path": escaped, "reason": "invalid-name"}]
+    assert ingest_batch(local_store, "b1").already_done
 
 
 # Item 9: S3 folder markers.

@@ -18,15 +18,19 @@ it holds no pixel that the pyramid does not.
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 
 import numpy as np
 import tifffile
 from numpy.typing import NDArray
+from tifffile.tifffile import jpeg_shape
 
 from mira.errors import DeidentificationError, InvalidInput
 
 THUMBNAIL_MAX = 1024  # pixels on the long side of a rebuilt thumbnail
+_JPEG = frozenset({7, 33007, 34892})  # compressions tifffile decodes with the JPEG codec
+_JPEG2000 = frozenset({33003, 33004, 33005, 34712})
 # Words vendors use for associated images; `_` and digits count as separators (``Label_Image``).
 _ASSOCIATED = re.compile(r"(?<![a-z])(label|macro|thumbnail|overview)(?![a-z])", re.IGNORECASE)
 
@@ -148,18 +152,66 @@ def _removed_name(page: tifffile.TiffPage, prefix: str = "") -> str:
 
 def pyramid_thumbnail(page: tifffile.TiffPage) -> NDArray[np.generic]:
     """A thumbnail of at most ``THUMBNAIL_MAX`` pixels a side, every n-th pixel of ``page``
-    (the smallest level), decoded one tile at a time so memory stays at a tile and the result."""
+    (the smallest level), decoded one tile at a time so memory stays at a tile and the result.
+    A tile whose own header declares more pixels than the page's tiles is refused before it
+    is decoded (a decompression bomb: 256 x 256 tiles declaring 60000 x 60000)."""
     height, width = int(page.imagelength), int(page.imagewidth)
     step = -(-max(height, width) // THUMBNAIL_MAX)
     samples = int(page.samplesperpixel)
     out = np.zeros((-(-height // step), -(-width // step), samples), page.dtype)
-    for segment, index, _ in page.segments(maxworkers=1):
+    handle = page.parent.filehandle
+    for index, (offset, count) in enumerate(
+        zip(page.dataoffsets, page.databytecounts, strict=True)
+    ):
+        if not count:
+            continue
+        handle.seek(offset)
+        data = handle.read(count)
+        _check_declared_size(page, data)
+        segment, position, _ = page.decode(
+            data, index, jpegtables=page.jpegtables, jpegheader=page.jpegheader
+        )
         if segment is None:
             continue
-        top, left = int(index[2]), int(index[3])
+        top, left = int(position[2]), int(position[3])
         tile = segment.reshape(segment.shape[-3:])[: height - top, : width - left]
         first_row, first_col = (-top) % step, (-left) % step
         picked = tile[first_row::step, first_col::step]
         row, col = (top + first_row) // step, (left + first_col) // step
         out[row : row + picked.shape[0], col : col + picked.shape[1]] = picked
     return out if samples > 1 else out[..., 0]
+
+
+def _check_declared_size(page: tifffile.TiffPage, data: bytes) -> None:
+    """Refuse a JPEG or JPEG 2000 tile that declares more pixels than a tile holds (tifffile
+    bounds the output of the other codecs by the tile size itself)."""
+    if page.compression in _JPEG:
+        size = _jpeg_size(data)
+    elif page.compression in _JPEG2000:
+        size = _jpeg2000_size(data)
+    else:
+        return
+    if size is None or size[0] > page.tilelength or size[1] > page.tilewidth:
+        declared = f"{size[1]}x{size[0]}" if size else "no readable size"
+        raise DeidentificationError(
+            f"a tile of the {page.imagewidth}x{page.imagelength} level declares {declared} "
+            f"pixels, more than its {page.tilewidth}x{page.tilelength} tiles hold"
+        )
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's start-of-frame marker."""
+    try:
+        _, height, width, _ = jpeg_shape(data)
+    except Exception:
+        return None
+    return int(height), int(width)
+
+
+def _jpeg2000_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG 2000 codestream's SIZ marker (raw or inside a JP2 box)."""
+    start = data.find(b"\xff\x4f\xff\x51")
+    if start < 0 or len(data) < start + 24:
+        return None
+    xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">4I", data, start + 8)
+    return ysiz - yosiz, xsiz - xosiz

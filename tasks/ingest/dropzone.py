@@ -2,7 +2,8 @@
 
 A batch is the folder ``<dropzone>/<batch>/``. Its upload is complete when it holds a ``_READY``
 marker or a ``manifest.json`` naming every file with its SHA-256; a batch with neither, or whose
-manifest names a file that is not there yet, is still uploading and is never taken.
+manifest names a file that is not there yet, is still uploading and is never taken. Links and
+special files in a batch are part of it (to be refused by name), but never a marker or manifest.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mira.errors import InvalidInput, ObjectNotFound
-from storage import ObjectInfo, Store, join_key
+from storage import ObjectInfo, SpecialEntry, Store, join_key
 from tasks import layout
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,13 @@ class ManifestEntry:
 
 @dataclass(frozen=True)
 class BatchContents:
-    """A ready batch's data objects (sorted by key) and, when it has one, its manifest."""
+    """A ready batch's data objects (sorted by key), its links and special files (never read),
+    and, when it has one, its manifest."""
 
     ref: BatchRef
     objects: tuple[ObjectInfo, ...]
     manifest: Mapping[str, ManifestEntry] | None
+    special: tuple[SpecialEntry, ...] = ()
 
     def relative_path(self, key: str) -> str:
         """The object's path below the batch folder."""
@@ -91,10 +94,16 @@ def scan_dropzone(gateway: Store, dropzone: str = layout.DROPZONE) -> DropZoneSc
             by_batch.setdefault(name, []).append(info)
         else:
             log.debug("ignoring %s: objects must sit in a batch folder", info.key)
+    special: dict[str, list[SpecialEntry]] = {}
+    for entry in gateway.list_special(root):
+        name, _, rest = entry.key.removeprefix(f"{root}/").partition("/")
+        if rest and entry.key.startswith(f"{root}/"):
+            special.setdefault(name, []).append(entry)
     ready: list[BatchRef] = []
     waiting: list[WaitingBatch] = []
     for name in sorted(by_batch):
-        state = examine_batch(gateway, name, f"{root}/{name}", by_batch[name])
+        prefix = f"{root}/{name}"
+        state = examine_batch(gateway, name, prefix, by_batch[name], special.get(name, ()))
         if isinstance(state, WaitingBatch):
             waiting.append(state)
         else:
@@ -117,7 +126,7 @@ def load_batch(gateway: Store, batch: str, dropzone: str = layout.DROPZONE) -> B
     objects = list_batch(gateway, prefix)
     if not objects:
         raise ObjectNotFound(f"no batch {batch!r} in {gateway.url_of(join_key(dropzone))}")
-    state = examine_batch(gateway, batch, prefix, objects)
+    state = examine_batch(gateway, batch, prefix, objects, list_batch_special(gateway, prefix))
     if isinstance(state, WaitingBatch):
         raise InvalidInput(f"batch {batch!r} is not ready: {state.reason}")
     return state
@@ -128,6 +137,11 @@ def list_batch(gateway: Store, prefix: str) -> list[ObjectInfo]:
     return [info for info in gateway.list(prefix) if info.key.startswith(f"{prefix}/")]
 
 
+def list_batch_special(gateway: Store, prefix: str) -> list[SpecialEntry]:
+    """The links and special files below the batch folder ``prefix``, sorted by key."""
+    return [entry for entry in gateway.list_special(prefix) if entry.key.startswith(f"{prefix}/")]
+
+
 def check_batch_name(batch: str) -> None:
     """A batch name is one plain path segment."""
     if not batch or "/" in batch or "\\" in batch or batch in (".", ".."):
@@ -135,26 +149,33 @@ def check_batch_name(batch: str) -> None:
 
 
 def examine_batch(
-    gateway: Store, name: str, prefix: str, objects: Iterable[ObjectInfo]
+    gateway: Store,
+    name: str,
+    prefix: str,
+    objects: Iterable[ObjectInfo],
+    special: Iterable[SpecialEntry] = (),
 ) -> BatchContents | WaitingBatch:
     """Decide from its listing (and manifest) whether a batch's upload is complete."""
     by_path = {info.key[len(prefix) + 1 :]: info for info in objects}
     data = tuple(info for path, info in sorted(by_path.items()) if path not in CONTROL_FILES)
+    others = tuple(sorted(special, key=lambda entry: entry.key))
+    present = set(by_path) | {entry.key[len(prefix) + 1 :] for entry in others}
+    count = len(data) + len(others)
     if MANIFEST_NAME in by_path:
         raw = gateway.read_bytes(f"{prefix}/{MANIFEST_NAME}")
         try:
             manifest = parse_manifest(raw)
         except InvalidInput as err:
             return WaitingBatch(name, prefix, f"manifest.json is not usable: {err}")
-        missing = [path for path in manifest if path not in by_path]
+        missing = [path for path in manifest if path not in present]
         if missing:
             reason = f"{len(missing)} file(s) of the manifest not uploaded yet, e.g. {missing[0]}"
             return WaitingBatch(name, prefix, reason)
         digest = hashlib.sha256(raw).hexdigest()
-        ref = BatchRef(name, prefix, "manifest", digest, len(data))
-        return BatchContents(ref, data, manifest)
+        ref = BatchRef(name, prefix, "manifest", digest, count)
+        return BatchContents(ref, data, manifest, others)
     if READY_MARKER in by_path:
-        return BatchContents(BatchRef(name, prefix, "ready", None, len(data)), data, None)
+        return BatchContents(BatchRef(name, prefix, "ready", None, count), data, None, others)
     return WaitingBatch(name, prefix, f"no {READY_MARKER} marker or {MANIFEST_NAME} yet")
 
 
@@ -194,8 +215,13 @@ def _is_relative_posix(path: str) -> bool:
     return bool(path) and "\\" not in path and all(p not in ("", ".", "..") for p in parts)
 
 
-def batch_fingerprint(prefix: str, objects: Iterable[ObjectInfo]) -> str:
-    """SHA-256 over the sorted (path, size) of a batch's data objects: what an ingest saw."""
-    paths = sorted((info.key[len(prefix) + 1 :], info.size) for info in objects)
-    lines = (f"{path}\t{size}\n" for path, size in paths if path not in CONTROL_FILES)
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
+def batch_fingerprint(
+    prefix: str, objects: Iterable[ObjectInfo], special: Iterable[SpecialEntry] = ()
+) -> str:
+    """SHA-256 over the sorted (path, size) of a batch's data objects, and (path, kind) of its
+    links and special files: what an ingest saw."""
+    entries = [(info.key[len(prefix) + 1 :], str(info.size)) for info in objects]
+    entries = [(path, size) for path, size in entries if path not in CONTROL_FILES]
+    entries += [(entry.key[len(prefix) + 1 :], entry.kind) for entry in special]
+    text = "".join(f"{path}\t{size_or_kind}\n" for path, size_or_kind in sorted(entries))
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()

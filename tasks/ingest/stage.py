@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from mira import __version__
 from mira.errors import AlreadyExists, InvalidInput, ObjectNotFound
 from storage import Store, join_key
+from storage.base import SpecialKind
 from tasks import layout
 from tasks.ingest.dropzone import (
     BatchContents,
@@ -35,10 +36,12 @@ from tasks.ingest.dropzone import (
     check_batch_name,
     find_ready_batches,
     list_batch,
+    list_batch_special,
     load_batch,
 )
+from tasks.ingest.entries import escape_name, name_rejection, special_inspection
 from tasks.ingest.inspection import DEFAULT_MAX_DECODED_BYTES, Inspection, Rejection
-from tasks.ingest.quarantine_zone import QuarantineEntry, quarantine
+from tasks.ingest.quarantine_zone import QuarantineEntry, quarantine, write_reason
 from tasks.ingest.sniff import inspect_object
 
 __all__ = [
@@ -111,10 +114,12 @@ class IngestResult:
 
 @dataclass(frozen=True)
 class InspectedObject:
-    """One object of the batch and its inspection; ``path`` is relative to the batch folder."""
+    """One object of the batch and its inspection; ``path`` is relative to the batch folder.
+    ``special`` says what a link or special file is (it was never opened)."""
 
     path: str
     inspection: Inspection
+    special: SpecialKind | None = None
 
 
 @dataclass(frozen=True)
@@ -249,9 +254,18 @@ def _inspect_batch(
         path = contents.relative_path(info.key)
         entry = manifest.get(path)
         work.append((info.key, path, info.size, entry.sha256 if entry else None))
+    special = [
+        InspectedObject(
+            contents.relative_path(entry.key), special_inspection(entry.kind), entry.kind
+        )
+        for entry in contents.special
+    ]
     if len(work) < INLINE_MAX_FILES:
-        return _inspect_inline(gateway, work, progress, max_decoded_bytes)
-    return _inspect_on_dask(gateway, work, dask_address, workers, progress, max_decoded_bytes)
+        return [*_inspect_inline(gateway, work, progress, max_decoded_bytes), *special]
+    return [
+        *_inspect_on_dask(gateway, work, dask_address, workers, progress, max_decoded_bytes),
+        *special,
+    ]
 
 
 def _inspect_inline(
@@ -335,7 +349,7 @@ def judge(
     quarantined: list[tuple[InspectedObject, Rejection]] = []
     duplicates: list[dict[str, str]] = []
     for item in sorted(inspected, key=lambda i: i.path):
-        rejection = _manifest_rejection(contents, item) or item.inspection.rejection
+        rejection = _rejection(contents, item)
         if rejection is not None:
             quarantined.append((item, rejection))
             continue
@@ -351,6 +365,17 @@ def judge(
         else:
             quarantined.append((item, _conflict(uid or "", first)))
     return Verdicts(tuple(accepted), tuple(quarantined), tuple(duplicates))
+
+
+def _rejection(contents: BatchContents, item: InspectedObject) -> Rejection | None:
+    """Why an object is quarantined: what it is (a link), its name, the manifest, its content."""
+    if item.special is not None:
+        return item.inspection.rejection
+    return (
+        name_rejection(item.path)
+        or _manifest_rejection(contents, item)
+        or item.inspection.rejection
+    )
 
 
 def _manifest_rejection(contents: BatchContents, item: InspectedObject) -> Rejection | None:
@@ -392,17 +417,22 @@ def _conflict(uid: str, first: IngestedObject) -> Rejection:
 def _quarantine(
     gateway: Store, batch: str, source_prefix: str, item: InspectedObject, rejection: Rejection
 ) -> None:
-    """Copy the object to the quarantine and record why, next to it (the drop zone keeps it)."""
+    """Copy the object to the quarantine, under its escaped name, and record why next to it (the
+    drop zone keeps it); a link or special file is never opened: only its reason is recorded."""
+    opened = item.special is None
     entry = QuarantineEntry(
         batch=batch,
-        path=item.path,
+        path=escape_name(item.path),
         reason=rejection.reason,
         detail=rejection.detail,
-        sha256=item.inspection.sha256,
-        size=item.inspection.size,
-        detected_format=item.inspection.detected_format,
+        sha256=item.inspection.sha256 if opened else None,
+        size=item.inspection.size if opened else None,
+        detected_format=item.inspection.detected_format if opened else None,
     )
-    quarantine(gateway, f"{source_prefix}/{item.path}", entry)
+    if opened:
+        quarantine(gateway, f"{source_prefix}/{item.path}", entry)
+    else:
+        write_reason(gateway, layout.quarantine_key(batch, entry.path), entry)
 
 
 def accepted_table(batch: str, prefix: str, accepted: Iterable[InspectedObject]) -> pa.Table:
@@ -462,15 +492,15 @@ def _summary(
         "dropzone_prefix": contents.ref.prefix,
         "marker": contents.ref.marker,
         "manifest_sha256": contents.ref.manifest_sha256,
-        "fingerprint": batch_fingerprint(contents.ref.prefix, contents.objects),
-        "files": len(contents.objects),
+        "fingerprint": batch_fingerprint(contents.ref.prefix, contents.objects, contents.special),
+        "files": len(contents.objects) + len(contents.special),
         "bytes_total": sum(info.size for info in contents.objects),
         "accepted": len(verdicts.accepted),
         "bytes": sum(item.inspection.size for item in verdicts.accepted),
         "quarantined": dict(sorted(reasons.items())),
         "quarantined_total": len(verdicts.quarantined),
         "quarantined_objects": [
-            {"path": item.path, "reason": rejection.reason}
+            {"path": escape_name(item.path), "reason": rejection.reason}
             for item, rejection in verdicts.quarantined
         ],
         "duplicates": len(verdicts.duplicates),
@@ -488,7 +518,8 @@ def _recorded_result(gateway: Store, batch: str, dropzone: str) -> IngestResult:
     summary = gateway.read_json(join_key(layout.INGEST, batch, SUMMARY_NAME))
     prefix = join_key(dropzone, batch)
     current = list_batch(gateway, prefix)
-    if current and batch_fingerprint(prefix, current) != summary.get("fingerprint"):
+    special = list_batch_special(gateway, prefix)
+    if current and batch_fingerprint(prefix, current, special) != summary.get("fingerprint"):
         raise InvalidInput(
             f"batch {batch!r} changed after it was ingested (objects added, removed or resized); "
             "drop the new files as a new batch"
