@@ -27,9 +27,8 @@ from flows.split import SplitParams, split
 from flows.summaries import PipelineSummary
 from mira.errors import MiraError
 from mira.settings import Settings
+from tasks.dataset import batch_split_sizes
 from tasks.ingest import ClaimOutcome, check_pipeline_inputs, claim_batch_run
-
-STAGE_ORDER = ("ingest", "deidentify", "convert", "quality", "split", "snapshot")
 
 
 class GateBlocked(MiraError):
@@ -101,6 +100,12 @@ def claim_batch_task(settings: Settings, batch: str) -> ClaimOutcome:
     )
 
 
+@task(name="batch-split-sizes", **RETRY_POLICY)
+def batch_split_task(settings: Settings, name: str, batch: str) -> dict[str, int]:
+    """This batch's patients per split, for the summary (the split itself covers every batch)."""
+    return batch_split_sizes(settings.research(), name, batch)
+
+
 def flow_run_is_active(run_id: str) -> bool:
     """Whether the Prefect flow run ``run_id`` has not reached a final state."""
     from prefect.client.orchestration import get_client
@@ -130,18 +135,23 @@ def _run_stages(batch: str, stores: StoreParams, options: PipelineOptions) -> Pi
         failed = judged.batches[0].failed_checks
         raise GateBlocked(f"batch {batch} failed the quality gate ({', '.join(failed)})")
     assigned = split(options.split, stores)
+    sizes = batch_split_task(stores.settings(), options.split.name, batch)
     frozen = None
     if options.snapshot:
         name = options.snapshot_name.replace("{batch}", batch)
         params = SnapshotParams(name=name, split_name=options.split.name, if_exists="keep")
         frozen = snapshot(params, stores)
-    get_run_logger().info("batch %s went through %s", batch, ", ".join(STAGE_ORDER))
-    return PipelineSummary(
+    summary = PipelineSummary(
         batch=batch,
         ingest=ingested,
         deidentify=deidentified,
         convert=converted,
         quality=judged,
         split=assigned,
+        batch_split=sizes,
         snapshot=frozen,
     )
+    log = get_run_logger()
+    for line in summary.stage_lines():
+        log.info("batch %s %s", batch, line)
+    return summary

@@ -105,8 +105,8 @@ def snapshot(params: SnapshotParams, stores: StoreParams | None = None) -> Snaps
             return kept
     result = create_snapshot_task(settings, params)
     log.info("snapshot %s: %d objects, top hash %s", result.name, result.entries, result.top_hash)
-    if result.enforcement != "s3-object-lock":
-        log.warning("%s", result.note)
+    if result.enforcement != "s3-object-lock":  # the summary carries it; the CLI says it once
+        log.info("%s", result.note)
     verified = None
     if params.verify:
         report = verify_snapshot_task(settings, result.name, params.workers)

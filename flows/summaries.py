@@ -65,6 +65,34 @@ class PipelineSummary(StageSummary):
     convert: ConvertSummary | None = None
     quality: QualityRunSummary | None = None
     split: SplitResult | None = None
+    batch_split: dict[str, int] = {}  # this batch's patients per split (the split covers all)
     snapshot: SnapshotSummary | None = None
     error: str | None = None
     skipped: str | None = None  # another active run holds the batch; this one did nothing
+
+    def stage_lines(self) -> list[str]:
+        """One line per stage that ran, as the run log shows them."""
+        lines = []
+        if self.ingest:
+            held = sum(self.ingest.quarantined.values())
+            lines.append(f"ingest: {self.ingest.accepted} accepted, {held} quarantined")
+        if self.deidentify:
+            d = self.deidentify
+            lines.append(
+                f"deidentify: {d.instances} DICOM, {d.slides} slides, "
+                f"{sum(d.quarantined.values())} quarantined"
+            )
+        if self.convert:
+            lines.append(
+                f"convert: {self.convert.converted} converted, {self.convert.current} current"
+            )
+        if self.quality:
+            lines.append(
+                f"quality: {self.quality.verdict}, {self.quality.queued_for_review} for review"
+            )
+        if self.split:
+            sizes = ", ".join(f"{k} {v}" for k, v in self.batch_split.items()) or "none"
+            lines.append(f"split {self.split.name}: this batch's patients {sizes}")
+        if self.snapshot:
+            lines.append(f"snapshot {self.snapshot.name}: top hash {self.snapshot.top_hash}")
+        return lines

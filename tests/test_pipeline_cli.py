@@ -20,6 +20,9 @@ pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 def test_mira_run_goes_through_every_stage(
     tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from mira.cli.common import out
+
+    monkeypatch.setattr(out, "width", 250)
     register_commands()
     gateway, research = tmp_path / "gateway", tmp_path / "research"
     generate_sample_data(gateway / "dropzone", patients=1, slides=1, slide_size=1024)
@@ -43,5 +46,8 @@ def test_mira_run_goes_through_every_stage(
     again = runner.invoke(app, [*flags, "run", "batch-0001-radiology"])
     assert again.exit_code == 0, again.output
     assert [(o.key, o.etag) for o in store.list()] == before  # a rerun adds and rewrites nothing
+    assert "none (1 already converted)" in again.output, again.output
+    split_row = next(line for line in again.output.splitlines() if "split sizes" in line)
+    assert "train" in split_row or "validation" in split_row or "test" in split_row
     missing = runner.invoke(app, [*flags, "run", "batch-0004-uploading"])
     assert missing.exit_code == 1

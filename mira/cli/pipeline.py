@@ -66,13 +66,22 @@ def run(
     print_summaries([summary])
 
 
+DEMO_HINTS = (
+    "ls",
+    'catalog query "SELECT modality, count(*) FROM instances GROUP BY 1"',
+    "catalog tables",
+    "snapshot list",
+    "snapshot verify NAME",
+    "qa docs",
+    "review list",
+)
 SUMMARY_ROWS = (
     "ingested",
     "quarantined (by reason)",
     "de-identified",
     "slides converted",
     "QA gate / review",
-    "split sizes (patients)",
+    "split sizes (this batch's patients)",
     "snapshot",
 )
 
@@ -90,6 +99,13 @@ def print_summaries(summaries: list[PipelineSummary]) -> None:
     for summary in summaries:
         if summary.snapshot is not None:
             out.print(f"snapshot {summary.snapshot.name}: top hash {summary.snapshot.top_hash}")
+    notes = {
+        s.snapshot.created.note
+        for s in summaries
+        if s.snapshot and s.snapshot.created and s.snapshot.created.enforcement != "s3-object-lock"
+    }
+    for note in sorted(notes):  # once per command, however many snapshots it took
+        console.print(f"[yellow]warning:[/] {note}", soft_wrap=True, highlight=False)
 
 
 def run_reporting_failure(pipeline: Any, batch: str, stores: Any) -> PipelineSummary:
@@ -104,6 +120,15 @@ def run_reporting_failure(pipeline: Any, batch: str, stores: Any) -> PipelineSum
     return summary
 
 
+def _converted(summary: PipelineSummary) -> str:
+    convert = summary.convert
+    if convert is None:
+        return "-"
+    if not convert.converted and convert.current:
+        return f"none ({convert.current} already converted)"
+    return str(convert.converted)
+
+
 def summary_row(summary: PipelineSummary) -> list[str]:
     """The cells of one batch's row (stages that did not run show "-")."""
     if summary.error is not None:
@@ -115,14 +140,12 @@ def summary_row(summary: PipelineSummary) -> list[str]:
     quarantined.update(deid.quarantined if deid else {})
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(quarantined.items())) or "none"
     qa = f"{quality.verdict}; {quality.queued_for_review} for review" if quality else "-"
-    sizes: Counter[str] = Counter()
-    for row in summary.split.balance if summary.split else ():
-        sizes[row.split] += row.patients
+    sizes = summary.batch_split
     return [
         str(ingest.accepted) if ingest else "-",
         reasons,
         f"{deid.instances} DICOM, {deid.slides} slides" if deid else "-",
-        str(summary.convert.converted) if summary.convert else "-",
+        _converted(summary),
         qa,
         ", ".join(f"{k} {v}" for k, v in sorted(sizes.items())) or "-",
         summary.snapshot.name if summary.snapshot else "-",
@@ -160,7 +183,8 @@ def demo(
     print_summaries(summaries)
     research = settings.research()
     mira = os.path.relpath(sys.argv[0]) if os.sep in sys.argv[0] else "mira"
-    out.print(f"""
+    out.print(
+        f"""
 Where to look
   gateway store (PHI side)        {gateway.url}
     quarantine + reasons          {gateway.child("quarantine").url}
@@ -171,8 +195,11 @@ Where to look
     catalog (Parquet)             {research.child("catalog").url}
     quality results, Data Docs    {research.child("quality").url}
     snapshots                     {research.child("snapshots").url}
-Try: {mira} --research {research.url} ls | catalog query "SELECT modality, count(*) FROM instances GROUP BY 1"
-     {mira} --research {research.url} snapshot list | snapshot verify NAME | qa docs | review list""")
+Try:""",
+        soft_wrap=True,
+    )
+    for hint in DEMO_HINTS:
+        out.print(f"  {mira} --research {research.url} {hint}", soft_wrap=True, highlight=False)
 
 
 def _ensure_demo_secret(gateway: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -103,11 +103,31 @@ def register_commands() -> None:
     serve.register(app)
 
 
+def plain_flags(command: Any) -> Any:
+    """Show no value type after options that take none (``--verbose``, ``--help``), in
+    ``command`` and every sub-command; typer's help prints ``<bool>`` after them."""
+    for param in command.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    make_help_option = command.get_help_option
+
+    def help_option(ctx: Any) -> Any:
+        option = make_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for sub_command in getattr(command, "commands", {}).values():
+        plain_flags(sub_command)
+    return command
+
+
 def main() -> None:
     """Console entry point: expected errors print one line and exit 1; bad usage exits 2."""
     register_commands()
     try:
-        app(standalone_mode=True)
+        plain_flags(typer.main.get_command(app))(standalone_mode=True)
     except MiraError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -34,7 +34,7 @@ from tasks.dataset.snapshot import (
     create_snapshot,
     export_snapshot,
 )
-from tasks.dataset.split import SplitRatios, SplitResult, split_dataset
+from tasks.dataset.split import SplitRatios, SplitResult, batch_split_sizes, split_dataset
 from tasks.dataset.verify import DEFAULT_WORKERS, VerifyReport, diff_snapshots, verify_snapshot
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "SplitRatios",
     "SplitResult",
     "VerifyReport",
+    "batch_split_sizes",
     "catalog_tables",
     "connect_catalog",
     "create_snapshot",

@@ -290,6 +290,18 @@ def patient_strata(items: pa.Table, columns: Sequence[str]) -> dict[str, tuple[s
     return result
 
 
+def batch_split_sizes(store: Store, name: str, batch: str) -> dict[str, int]:
+    """How many of ``batch``'s split units (patients) each split of ``name`` holds."""
+    items = dataset_items(store)
+    units = set(items.filter(pc.equal(items.column("batch"), batch)).column("unit").to_pylist())
+    assigned = patient_splits(store, name)
+    sizes: dict[str, int] = {}
+    for unit in units:
+        if unit in assigned:
+            sizes[assigned[unit]] = sizes.get(assigned[unit], 0) + 1
+    return dict(sorted(sizes.items()))
+
+
 def split_part(store: Store, name: str) -> pa.Table | None:
     """The recorded assignment of split ``name``, or None when it was never made."""
     return catalog.read_part(store, SPLITS_TABLE, name)

@@ -389,7 +389,7 @@ def write_svs(
         nonlocal done
         done += tiles
         if progress is not None:
-            progress(f"slide {slide.filename}", done, total)
+            progress("sample slide", done, total)  # a file name may hold a patient name
 
     overview = overview_image(painter, min(THUMBNAIL_MAX, slide_size // 3))
     label = label_image(slide)
