@@ -61,3 +61,11 @@ def test_a_store_without_a_catalog_is_an_error(tmp_path: Path, command: list[str
     assert isinstance(result.exception, FileNotFoundError)
     assert f"no catalog at {wrong}/catalog" in str(result.exception)
     assert "MIRA_RESEARCH_URL" in str(result.exception)
+
+
+def test_empty_results_say_none(research: Path) -> None:
+    flags = ["--research", str(research)]
+    listing = runner.invoke(cli(), [*flags, "ls", "instances", "--modality", "XA"])
+    assert listing.exit_code == 0 and "instances: none (0 rows)" in listing.output
+    queue = runner.invoke(cli(), [*flags, "review", "list"])
+    assert queue.exit_code == 0 and "review queue: none" in queue.output

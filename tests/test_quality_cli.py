@@ -145,7 +145,7 @@ def test_listing_reads_the_catalog_never_the_data_objects(
 
 def test_ls_of_a_level_the_catalog_lacks_is_empty(research: Path) -> None:
     result = mira(research, "ls", "instances", "--batch", "no-such-batch")
-    assert result.exit_code == 0 and "(0 rows)" in result.output
+    assert result.exit_code == 0 and "instances: none (0 rows)" in result.output
 
 
 def test_catalog_query_outputs(research: Path) -> None:

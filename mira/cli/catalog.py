@@ -151,8 +151,8 @@ def emit(data: pa.Table, fmt: Format, title: str, limit: int | None = None) -> N
             pacsv.write_csv(data, buffer)
         typer.echo(buffer.getvalue().decode(), nl=False)
         return
-    if not data.num_columns:
-        out.print(f"{title}: nothing in the catalog yet (0 rows)")
+    if not data.num_rows:
+        out.print(f"{title}: none (0 rows)")
         return
     shown = data.slice(0, TABLE_ROWS)
     view = Table(title=f"{title} ({data.num_rows} rows)")

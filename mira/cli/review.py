@@ -16,6 +16,9 @@ review_app = typer.Typer(
 
 
 def _review_table(items: list[Any], title: str) -> None:
+    if not items:
+        out.print(f"{title}: none")
+        return
     view = Table(title=f"{title} ({len(items)})")
     for column in ("key", "batch", "kind", "status", "reasons", "decided by", "updated"):
         view.add_column(column, overflow="fold")
