@@ -75,6 +75,7 @@ ACCEPTED_SCHEMA = pa.schema(
         ("key", pa.string()),
         ("size", pa.int64()),
         ("sha256", pa.string()),
+        ("version_id", pa.string()),  # the version read, on a versioned bucket; else null
         ("format", pa.string()),
         ("detected_format", pa.string()),
         ("sop_class_uid", pa.string()),
@@ -120,6 +121,7 @@ class InspectedObject:
     path: str
     inspection: Inspection
     special: SpecialKind | None = None
+    version_id: str | None = None  # the version inspected, where the store keeps versions
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,8 @@ def _record_outcome(
     for item, rejection in verdicts.quarantined:
         _quarantine(gateway, batch, contents.ref.prefix, item, rejection)
     accepted_key = join_key(layout.INGEST, batch, ACCEPTED_NAME)
-    table = accepted_table(batch, contents.ref.prefix, verdicts.accepted)
+    links = {path: e.patient_id for path, e in (contents.manifest or {}).items() if e.patient_id}
+    table = accepted_table(batch, contents.ref.prefix, verdicts.accepted, links)
     accepted_info = gateway.write_bytes(accepted_key, _parquet_bytes(table))
     return _summary(contents, verdicts, accepted_key, accepted_info.sha256, started)
 
@@ -226,17 +229,22 @@ def inspect_group(
     items: Sequence[WorkItem],
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> list[InspectedObject]:
-    """Inspect a group of objects (one Dask task); returns small records, never file contents."""
+    """Inspect a group of objects (one Dask task); returns small records, never file contents.
+
+    On a versioned store each object is read at the version it has now, and that version is
+    recorded, so later stages read exactly the bytes that were inspected and hashed.
+    """
     inspected: list[InspectedObject] = []
     for key, path, size, expected in items:
+        version = store.info(key).version_id if store.supports_versions else None
         if size <= IN_MEMORY_BYTES:
             inspection = inspect_object(
-                store.read_bytes(key), expected, max_decoded_bytes=max_decoded_bytes
+                store.read_bytes(key, version), expected, max_decoded_bytes=max_decoded_bytes
             )
         else:  # hashed in one streaming pass, then only the headers are read again
-            with store.open_read(key) as stream:
+            with store.open_read(key, version) as stream:
                 inspection = inspect_object(stream, expected, max_decoded_bytes=max_decoded_bytes)
-        inspected.append(InspectedObject(path, inspection))
+        inspected.append(InspectedObject(path, inspection, version_id=version))
     return inspected
 
 
@@ -375,7 +383,20 @@ def _rejection(contents: BatchContents, item: InspectedObject) -> Rejection | No
         name_rejection(item.path)
         or _manifest_rejection(contents, item)
         or item.inspection.rejection
+        or _link_rejection(contents, item)
     )
+
+
+def _link_rejection(contents: BatchContents, item: InspectedObject) -> Rejection | None:
+    """A manifest ``patient_id`` on anything but a slide: a DICOM file names its own patient."""
+    entry = (contents.manifest or {}).get(item.path)
+    if entry is None or entry.patient_id is None or item.inspection.kind == "slide":
+        return None
+    detail = (
+        "the manifest links this file to a patient (patient_id), but only a slide takes a "
+        "link: a DICOM file names its patient in its own PatientID"
+    )
+    return Rejection("patient-link-not-slide", detail)
 
 
 def _manifest_rejection(contents: BatchContents, item: InspectedObject) -> Rejection | None:
@@ -435,15 +456,25 @@ def _quarantine(
         write_reason(gateway, layout.quarantine_key(batch, entry.path), entry)
 
 
-def accepted_table(batch: str, prefix: str, accepted: Iterable[InspectedObject]) -> pa.Table:
-    """One row per accepted object, with the attributes later stages rely on."""
-    rows = [_accepted_row(batch, prefix, item) for item in accepted]
+def accepted_table(
+    batch: str,
+    prefix: str,
+    accepted: Iterable[InspectedObject],
+    links: Mapping[str, str] | None = None,
+) -> pa.Table:
+    """One row per accepted object, with the attributes later stages rely on. ``links`` maps a
+    slide's path to its patient's original ID (the manifest's ``patient_id``): a slide's
+    ``patient_id`` is that link, a DICOM file's its own PatientID."""
+    links = links or {}
+    rows = [_accepted_row(batch, prefix, item, links.get(item.path)) for item in accepted]
     return pa.Table.from_pylist(rows, schema=ACCEPTED_SCHEMA).replace_schema_metadata(
         {"mira_version": __version__, "batch": batch}
     )
 
 
-def _accepted_row(batch: str, prefix: str, item: InspectedObject) -> dict[str, Any]:
+def _accepted_row(
+    batch: str, prefix: str, item: InspectedObject, link: str | None
+) -> dict[str, Any]:
     inspection = item.inspection
     dicom, slide = inspection.dicom, inspection.slide
     return {
@@ -452,13 +483,14 @@ def _accepted_row(batch: str, prefix: str, item: InspectedObject) -> dict[str, A
         "key": f"{prefix}/{item.path}",
         "size": inspection.size,
         "sha256": inspection.sha256,
+        "version_id": item.version_id,
         "format": inspection.kind,
         "detected_format": inspection.detected_format,
         "sop_class_uid": dicom.sop_class_uid if dicom else None,
         "sop_instance_uid": dicom.sop_instance_uid if dicom else None,
         "study_uid": dicom.study_uid if dicom else None,
         "series_uid": dicom.series_uid if dicom else None,
-        "patient_id": dicom.patient_id if dicom else None,
+        "patient_id": dicom.patient_id if dicom else link,
         "modality": dicom.modality if dicom else None,
         "rows": dicom.rows if dicom else None,
         "columns": dicom.columns if dicom else None,
