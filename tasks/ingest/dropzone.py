@@ -26,6 +26,7 @@ READY_MARKER = "_READY"
 MANIFEST_NAME = "manifest.json"
 CONTROL_FILES = frozenset({READY_MARKER, MANIFEST_NAME})
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+PATIENT_ID_MAX_CHARS = 64  # DICOM's PatientID is an LO: at most 64 characters, no backslash
 
 MarkerKind = Literal["ready", "manifest"]
 
@@ -60,11 +61,14 @@ class DropZoneScan:
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One file the uploader promises: its path below the batch, SHA-256 and size."""
+    """One file the uploader promises: its path below the batch, SHA-256 and size, and for a
+    slide, optionally, the hospital's ID of its patient (what that patient's DICOM files carry
+    in PatientID; PHI, so it stays on the gateway and is pseudonymised like PatientID)."""
 
     path: str
     sha256: str
     size: int
+    patient_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,8 @@ def examine_batch(
 
 
 def parse_manifest(raw: bytes) -> dict[str, ManifestEntry]:
-    """Parse ``{"batch", "files": [{"path", "sha256", "size"}]}``; ``InvalidInput`` when malformed."""
+    """Parse ``{"batch", "files": [{"path", "sha256", "size", "patient_id"?}]}``;
+    ``InvalidInput`` when malformed."""
     try:
         document = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -207,7 +212,25 @@ def _manifest_entry(item: Any, number: int) -> ManifestEntry:
         raise InvalidInput(f"files[{number}].sha256 is not a hex SHA-256")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise InvalidInput(f"files[{number}].size is not a byte count")
-    return ManifestEntry(path, digest.lower(), size)
+    patient_id = item.get("patient_id")
+    if "patient_id" in item and not is_patient_id(patient_id):
+        # The value is not repeated: it is a patient's identifier.
+        raise InvalidInput(
+            f"files[{number}].patient_id is not a patient ID (a string of 1 to "
+            f"{PATIENT_ID_MAX_CHARS} printable characters, no backslash, not only spaces)"
+        )
+    return ManifestEntry(path, digest.lower(), size, patient_id)
+
+
+def is_patient_id(value: object) -> bool:
+    """Whether ``value`` can be a DICOM PatientID (LO): what a manifest may link a slide to."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= PATIENT_ID_MAX_CHARS
+        and bool(value.strip(" "))
+        and value.isprintable()
+        and "\\" not in value
+    )
 
 
 def _is_relative_posix(path: str) -> bool:

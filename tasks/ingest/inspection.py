@@ -24,6 +24,7 @@ RejectReason = Literal[
     "decompression-bomb",
     "not-a-regular-file",
     "invalid-name",
+    "patient-link-not-slide",
 ]
 DetectedFormat = Literal["dicom", "dicom-no-preamble", "tiff", "bigtiff", "svs", "empty", "unknown"]
 ObjectKind = Literal["dicom", "slide"]
