@@ -98,7 +98,10 @@ def print_summaries(summaries: list[PipelineSummary]) -> None:
     out.print(table)
     for summary in summaries:
         if summary.snapshot is not None:
-            out.print(f"snapshot {summary.snapshot.name}: top hash {summary.snapshot.top_hash}")
+            out.print(
+                f"snapshot {summary.snapshot.name}: top hash {summary.snapshot.top_hash}",
+                soft_wrap=True,
+            )
     notes = {
         s.snapshot.created.note
         for s in summaries
