@@ -217,7 +217,8 @@ def _ensure_demo_secret(gateway: Path) -> None:
     os.environ["MIRA_DEID_SECRET_FILE"] = str(key_file.absolute())
     console.print(
         f"[yellow]demo:[/] using a throwaway de-identification secret generated for this demo "
-        f"({key_file}); set MIRA_DEID_SECRET to your own for real data."
+        f"({key_file}); set MIRA_DEID_SECRET to your own for real data.",
+        soft_wrap=True,
     )
 
 
