@@ -19,7 +19,6 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from mira.errors import InvalidInput
@@ -198,6 +197,8 @@ def connect_catalog(store: Store, tables: Iterable[str] = TABLES) -> duckdb.Duck
     itself may then touch no file (``enable_external_access`` off, configuration locked): a
     query cannot read ``/etc/passwd`` or ``COPY`` anything out.
     """
+    import pyarrow.dataset as ds  # pulls in pandas (about a second): only when a query runs
+
     connection = duckdb.connect()
     for table in tables:
         paths = local_part_paths(store, table)
