@@ -46,11 +46,12 @@ def split(params: SplitParams | None = None, stores: StoreParams | None = None) 
     result = split_dataset_task(settings, params or SplitParams())
     log = get_run_logger()
     log.info(
-        "split %s: %d patients (%d new), %d items",
+        "split %s: %d patients (%d new), %d items, %d slides without a patient link",
         result.name,
         result.patients,
         result.new_patients,
         result.items,
+        result.unlinked_slides,
     )
     for row in result.balance:
         log.info("  %s %s: %d patients, %d items", row.split, row.stratum, row.patients, row.items)
@@ -59,8 +60,11 @@ def split(params: SplitParams | None = None, stores: StoreParams | None = None) 
         result.name,
         f"split {result.name}: {result.patients} patients ({result.new_patients} new)",
         [
-            (f"{row.split} / {row.stratum}", f"{row.patients} patients, {row.items} items")
-            for row in result.balance
+            *(
+                (f"{row.split} / {row.stratum}", f"{row.patients} patients, {row.items} items")
+                for row in result.balance
+            ),
+            ("slides without a patient link", f"{result.unlinked_slides} (each its own unit)"),
         ],
     )
     return result

@@ -106,6 +106,31 @@ def test_manifest_lists_every_pathology_file_with_hash_and_size(sample: SampleDa
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()
 
 
+def test_each_slide_is_linked_to_its_patients_dicom_id(tmp_path: Path) -> None:
+    """The manifest's patient_id of every slide is the PatientID its patient's CT carries."""
+    sample = generate_sample_data(tmp_path / "dz", patients=2, slides=3, slide_size=1024)
+    batch = sample.root / PATHOLOGY_BATCH
+    links = {
+        entry["path"]: entry["patient_id"]
+        for entry in json.loads((batch / "manifest.json").read_text())["files"]
+    }
+    truth = json.loads(sample.phi_truth.read_text())["patients"]
+    owners = {
+        slide["path"].removeprefix(f"{PATHOLOGY_BATCH}/"): patient["patient_name"]
+        for patient in truth
+        for slide in patient["slides"]
+    }
+    assert set(links) == set(owners) and len(links) == 3
+    ct_ids = {
+        str(ds.PatientName): str(ds.PatientID)
+        for ds in (
+            pydicom.dcmread(path, stop_before_pixels=True)
+            for path in (sample.root / RADIOLOGY_BATCH).rglob("IM0001.dcm")
+        )
+    }
+    assert {path: ct_ids[owners[path]] for path in links} == links
+
+
 def test_ct_series_has_consistent_geometry(sample: SampleDataSummary) -> None:
     slices = _ct_slices(sample)
     assert len(slices) >= 20
@@ -223,9 +248,7 @@ def test_progress_reports_dicom_and_slide_work(
     steps = {step for step, _, _ in progress_log}
     assert steps == {"DICOM", "sample slide"}, "no step names a file (names may hold a patient's)"
     assert all(done <= total for _, done, total in progress_log)
-    slide_reports = [
-        (done, total) for step, done, total in progress_log if step == "sample slide"
-    ]
+    slide_reports = [(done, total) for step, done, total in progress_log if step == "sample slide"]
     assert slide_reports[-1][0] == slide_reports[-1][1]
 
 

@@ -222,6 +222,25 @@ def test_slides_without_a_patient_are_their_own_unit(local_store: Store) -> None
     assert strata["slide:S9"] == ("SM", 1)
 
 
+def test_the_split_report_counts_unlinked_slides(tmp_path: Path) -> None:
+    from storage import open_store
+
+    store = open_store(tmp_path / "research")
+    write_instances(store, "b1", {"P1": ["CT"], "P2": ["MR"]})
+    slides = [
+        {"batch": "b1", "key": f"slides/{s}.tiff", "slide_id": s, "patient_id": p}
+        for s, p in (("S7", ""), ("S8", "P1"), ("S9", ""))
+    ]
+    catalog.write_part(store, "slides", "b1", slides)
+    result = split_dataset(store)
+    assert result.patients == 4 and result.unlinked_slides == 2
+    assert store.read_json(balance_key("default"))["unlinked_slides"] == 2
+    assignment = patient_splits(store)
+    assert "slide:S8" not in assignment  # the linked slide went with P1
+    output = runner.invoke(app, ["--research", str(tmp_path / "research"), "split"]).output
+    assert "slides without a patient link (each its own split unit): 2" in output, output
+
+
 def test_split_command_prints_the_balance_table(tmp_path: Path) -> None:
     from storage import open_store
 

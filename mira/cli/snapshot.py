@@ -77,6 +77,7 @@ def split(
         f"{result.patients} patients ({result.new_patients} new), {result.items} items; "
         f"table {result.table_key}, report {result.balance_key}"
     )
+    out.print(result.unlinked_note())
 
 
 @snapshot_app.command("create")

@@ -1,7 +1,9 @@
 """Patient-level train/validation/test splits: stratified, and stable as the dataset grows.
 
-The unit of assignment is the patient, so no patient's items are ever in two splits. A
-slide whose upload named no patient is its own unit (``slide:<slide id>``).
+The unit of assignment is the patient, so no patient's items are ever in two splits: a slide
+linked to its patient (the upload's manifest names the patient, de-identification maps that to
+the pseudonym the patient's DICOM files carry) goes with them. A slide whose upload named no
+patient is its own unit (``slide:<slide id>``); the result counts such units.
 
 Each patient gets a number ``u`` in [0, 1) from HMAC-SHA-256 keyed by the seed over the
 patient ID; ``u`` against the cumulative ratios gives the patient's *hash split*. It depends
@@ -40,6 +42,7 @@ SPLITS_TABLE = "splits"
 DEFAULT_SPLIT = "default"
 MISSING_VALUE = "-"
 SLIDE_MODALITY = "SM"  # DICOM's modality code for slide microscopy
+SLIDE_UNIT_PREFIX = "slide:"  # the unit of a slide whose upload named no patient
 SPLITS_SCHEMA = pa.schema(
     [
         ("name", pa.string()),
@@ -121,6 +124,11 @@ class SplitResult:
     table_key: str
     balance_key: str
     balance: tuple[BalanceRow, ...] = field(default=())
+    unlinked_slides: int = 0  # units that are a slide no upload linked to a patient
+
+    def unlinked_note(self) -> str:
+        """The report line on slides that no upload linked to a patient."""
+        return f"slides without a patient link (each its own split unit): {self.unlinked_slides}"
 
 
 def unit_interval(seed: int, patient_id: str) -> float:
@@ -218,7 +226,7 @@ def _item_table(table: pa.Table, kind: str, extra: Sequence[str]) -> pa.Table:
     if kind == "slide":
         slide = pc.fill_null(_text_column(table, "slide_id"), "")
         slide = pc.if_else(pc.equal(slide, ""), _key_stem(_text_column(table, "key")), slide)
-        unit = pc.binary_join_element_wise("slide:", slide, "")
+        unit = pc.binary_join_element_wise(SLIDE_UNIT_PREFIX, slide, "")
         columns["unit"] = pc.if_else(pc.equal(patient, ""), unit, patient)
         columns["modality"] = pc.fill_null(columns["modality"], SLIDE_MODALITY)
     else:
@@ -375,11 +383,13 @@ def split_dataset(
     table = pa.Table.from_pylist(sorted(rows + kept, key=lambda r: r["patient_id"]), SPLITS_SCHEMA)
     part = catalog.write_part(store, SPLITS_TABLE, name, table)
     report = balance_report(table, items)
+    unlinked = sum(1 for unit in strata if unit.startswith(SLIDE_UNIT_PREFIX))
     document: dict[str, Any] = {
         "name": name,
         "seed": seed,
         "ratios": ratios.text(),
         "stratified_by": list(stratify_by),
+        "unlinked_slides": unlinked,
         "rows": [row.__dict__ for row in report],
     }
     balance_info = write_balance(store, name, document, stamp)
@@ -394,6 +404,7 @@ def split_dataset(
         table_key=part.key,
         balance_key=balance_info.key,
         balance=report,
+        unlinked_slides=unlinked,
     )
 
 

@@ -60,15 +60,17 @@ def slide_row(
     size: int,
     sha256: str,
     policy: DeidPolicy,
+    patient_id: str = "",
 ) -> dict[str, Any]:
-    """One ``slides`` row (tasks.dataset.catalog.SLIDE_SCHEMA) for a de-identified slide."""
+    """One ``slides`` row (tasks.dataset.catalog.SLIDE_SCHEMA) for a de-identified slide;
+    ``patient_id`` is the linked patient's pseudonym, empty when the upload named none."""
     return {
         "batch": batch,
         "key": key,
         "bytes": size,
         "sha256": sha256,
         "slide_id": result.slide_id,
-        "patient_id": "",
+        "patient_id": patient_id,
         "width": shape[1],
         "height": shape[0],
         "levels": result.levels,

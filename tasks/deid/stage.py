@@ -31,6 +31,7 @@ from tasks.deid.ingested import CHANGED_AFTER_INGEST, IngestRecord, ingested_cop
 from tasks.deid.names import batch_name_hits, coded_values, path_identifiers
 from tasks.deid.phiscan import collect_identifiers, scan_for_phi, scan_slide_file
 from tasks.deid.profile import DeidPolicy
+from tasks.deid.pseudonyms import pseudonymize_patient_id
 from tasks.deid.rows import instance_row, slide_row
 from tasks.deid.slide import deidentify_slide
 from tasks.ingest import QuarantineEntry, quarantine, read_accepted, write_reason
@@ -54,6 +55,7 @@ class WorkItem:
     sha256: str
     size: int
     version_id: str | None = None
+    patient_link: str = ""  # a slide's patient as uploaded (PHI): mapped like PatientID
 
     @property
     def record(self) -> IngestRecord:
@@ -198,9 +200,16 @@ def accepted_items(gateway: Store, batch: str) -> list[WorkItem]:
         raise InvalidInput(
             f"batch {batch} has not been ingested; run the ingest stage first"
         ) from err
-    columns = ["key", "path", "format", "sha256", "size"]
+    columns = ["key", "path", "format", "sha256", "size", "patient_id"]
     columns += ["version_id"] if "version_id" in table.column_names else []
-    return [WorkItem(**row) for row in table.select(columns).to_pylist()]
+    return [_work_item(row) for row in table.select(columns).to_pylist()]
+
+
+def _work_item(row: dict[str, Any]) -> WorkItem:
+    """An accepted row as work; a slide keeps the patient its upload linked it to."""
+    patient = row.pop("patient_id")
+    link = (patient or "") if row["format"] == "slide" else ""
+    return WorkItem(**row, patient_link=link)
 
 
 def run_groups(
@@ -299,23 +308,29 @@ def _deidentify_slide(job: DeidJob, item: WorkItem) -> Outcome:
         result = deidentify_slide(source, output, job.key, job.policy)
         research_key = layout.slide_key(result.slide_id)
         output.flush()
-        identifiers = set(result.identifiers) | path_identifiers(item.path)
+        identifiers = set(result.identifiers) | path_identifiers(item.path) | _link_ids(item)
         hits = scan_slide_file(research_key, output.name, identifiers)
         output.seek(0)
         with tifffile.TiffFile(output) as tif:
             shape = (int(tif.pages.first.shape[0]), int(tif.pages.first.shape[1]))
         output.seek(0)
         info = job.staging.write_stream(research_key, output)
+    patient = pseudonymize_patient_id(item.patient_link, job.key) if item.patient_link else ""
     row = slide_row(
-        job.batch, research_key, result, shape, info.size, info.sha256 or "", job.policy
+        job.batch, research_key, result, shape, info.size, info.sha256 or "", job.policy, patient
     )
     return Outcome(
         item=item,
         research_key=research_key,
         row=row,
         phi_hits=tuple(str(h) for h in hits),
-        batch_name_hits=len(batch_name_hits(job.batch, result.identifiers)),
+        batch_name_hits=len(batch_name_hits(job.batch, result.identifiers | _link_ids(item))),
     )
+
+
+def _link_ids(item: WorkItem) -> set[str]:
+    """The linked patient's original ID, searched for in the output like the slide's own PHI."""
+    return {item.patient_link.strip("\x00 ")} if item.patient_link else set()
 
 
 def check_batch_name(job: DeidJob, outcomes: Sequence[Outcome]) -> None:

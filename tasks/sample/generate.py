@@ -15,7 +15,8 @@ Layout of ``out_dir``::
     _sample_phi.json
 
 ``manifest.json`` is ``{"batch": name, "files": [{"path": relative posix path, "sha256": hex,
-"size": int}]}``. ``_sample_phi.json`` is ``{"seed": int, "patients": [{"patient_name": str,
+"size": int, "patient_id": str}]}``: each slide is linked to its patient by the PatientID of
+that patient's DICOM files, so splits keep a patient's slides with their CT, MR and US. ``_sample_phi.json`` is ``{"seed": int, "patients": [{"patient_name": str,
 "patient_id": str, "identifiers": {category: [str, ...]}, "slides": [{field: str}]}]}`` with the
 categories names, ids, dates, times, uids, addresses, phones, institutions and other.
 """

@@ -467,18 +467,22 @@ def write_pathology_batch(
     """Write the slides, then ``manifest.json`` last, which tells ingestion the batch is complete.
 
     The manifest is ``{"batch": name, "files": [{"path": relative posix path, "sha256": hex,
-    "size": int}]}``, listing every file of the batch but itself.
+    "size": int, "patient_id": str}]}``, listing every file of the batch but itself; each
+    slide's ``patient_id`` links it to its patient (the PatientID of their DICOM files).
     """
+    owners: dict[str, str] = {}
     for slide in slides:
         path = batch_dir / slide_path(slide)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_svs(path, slide, slide_size, progress)
+        owners[slide_path(slide)] = slide.patient_id
     files = sorted(p for p in batch_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
     entries = [
         {
             "path": p.relative_to(batch_dir).as_posix(),
             "sha256": _sha256(p),
             "size": p.stat().st_size,
+            "patient_id": owners[p.relative_to(batch_dir).as_posix()],
         }
         for p in files
     ]
