@@ -13,11 +13,11 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from mira.errors import InvalidInput
+from mira.errors import InvalidInput, PhiLeak
 from storage import Store
 from tasks.dataset import LockPolicy, catalog, create_snapshot, load_manifest, split_dataset
 from tasks.dataset.split import patient_splits
-from tasks.deid import DeidPolicy, pseudonymize_patient_id
+from tasks.deid import DeidPolicy, policy_from_mapping, pseudonymize_patient_id
 from tasks.deid.stage import deidentify_batch
 from tasks.ingest.dropzone import load_batch
 from tasks.ingest.stage import ingest_batch, read_accepted
@@ -163,3 +163,17 @@ def test_sample_slides_split_and_snapshot_with_their_patients_ct(
     assert set(by_patient) == ct_patients
     assert all(len(splits) == 1 for splits in by_patient.values())
     assert all({"dicom", "slides"} <= found for found in kinds.values())
+
+
+def test_the_linked_id_is_searched_for_in_the_slide_output(
+    local_store: Store, tmp_path: Path
+) -> None:
+    """A site whose kept scanner field holds the patient's ID: the link makes that a leak."""
+    gateway, research = local_store.child("gateway"), local_store.child("research")
+    slide = write_slide(tmp_path / "case.svs", 512, 512, kind="svs", levels=2).read_bytes()
+    keeps = policy_from_mapping({"name": "keeps-scanner", "slide_safe_keys": ["ScanScope ID"]})
+    drop_batch(gateway, "b1", {"case.svs": slide}, {"case.svs": "SS9876"})
+    ingest_batch(gateway, "b1")
+    with pytest.raises(PhiLeak, match="nothing was published"):
+        deidentify_batch(gateway, research, "b1", KEY, keeps)
+    assert list(research.list()) == []
