@@ -12,11 +12,12 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, TypeVar
-
-from distributed import Client, LocalCluster
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mira.errors import MiraError
+
+if TYPE_CHECKING:  # distributed is imported when a cluster is needed, not by every wing
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -38,6 +39,8 @@ def dask_client(
     ``processes=False`` runs the workers as threads of this process instead: for work whose
     heavy parts all release the GIL, it spares starting processes and moving data between them.
     """
+    from distributed import Client, LocalCluster
+
     if address:
         with Client(address) as client:
             yield client
