@@ -37,6 +37,10 @@ def test_mira_run_goes_through_every_stage(
         assert "pipeline summary" in result.output and f"after-{batch}" in result.output
     store = open_store(research)
     assert catalog.read_table(store, "instances").num_rows == 28
+    # The demo's slide is linked to its patient: one split unit, with the CT and MR.
+    patients = set(catalog.read_table(store, "instances").column("patient_id").to_pylist())
+    assert set(catalog.read_table(store, "slides").column("patient_id").to_pylist()) == patients
+    assert set(catalog.read_table(store, "splits").column("patient_id").to_pylist()) == patients
     assert [o.key for o in store.list("pyramids") if o.key.endswith("/zarr.json")][:1]
     assert {s.name for s in list_snapshots(store) if s.complete} == {
         "after-batch-0001-radiology",
