@@ -23,6 +23,7 @@ from pydicom.uid import UID
 
 from mira.errors import InvalidInput, ObjectNotFound, TransientStoreError
 from storage import Store, open_store
+from tasks.ingest import inspect_objects
 from tasks.ingest import stage as ingest
 from tasks.ingest.dropzone import find_ready_batches, scan_dropzone
 from tasks.ingest.sniff import inspect_object, sniff_format
@@ -292,7 +293,9 @@ def mixed_batch() -> dict[str, bytes]:
 
 
 def test_batch_end_to_end(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ingest, "IN_MEMORY_BYTES", 1000)  # DICOMs and slides take the stream path
+    monkeypatch.setattr(
+        inspect_objects, "IN_MEMORY_BYTES", 1000
+    )  # DICOMs and slides take the stream path
     files = mixed_batch()
     put_batch(store, "b1", files)
     dropzone_before = snapshot(store, "dropzone")
@@ -406,7 +409,7 @@ def test_large_batches_are_inspected_on_dask_in_groups(
     files = {f"p/IM{n:03d}.dcm": ct_instance(n) for n in range(30)}
     files["p/bad.dcm"] = b""
     put_batch(local_store, "big", files)
-    monkeypatch.setattr(ingest, "INLINE_MAX_FILES", 10)
+    monkeypatch.setattr(inspect_objects, "INLINE_MAX_FILES", 10)
     calls: list[tuple[int, int]] = []
 
     result = ingest_batch(local_store, "big", workers=1, progress=lambda d, t: calls.append((d, t)))

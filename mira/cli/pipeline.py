@@ -28,7 +28,7 @@ def batch_name(batch: str, settings: Settings) -> str:
         return batch.strip("/")
     from storage import open_object, open_store
 
-    dropzone_url = open_store(settings.gateway_url).child(DROPZONE).url
+    dropzone_url = settings.gateway().child(DROPZONE).url
     parent, name = open_object(batch)
     if parent.url.rstrip("/") != dropzone_url.rstrip("/"):
         raise InvalidInput(f"batch {batch!r} is not in the gateway drop zone {dropzone_url}")

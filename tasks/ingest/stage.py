@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +26,6 @@ import pyarrow.parquet as pq
 from mira import __version__
 from mira.errors import AlreadyExists, InvalidInput, ObjectNotFound
 from storage import Store, join_key
-from storage.base import SpecialKind
 from tasks import layout
 from tasks.ingest.dropzone import (
     BatchContents,
@@ -39,17 +37,16 @@ from tasks.ingest.dropzone import (
     list_batch_special,
     load_batch,
 )
-from tasks.ingest.entries import escape_name, name_rejection, special_inspection
-from tasks.ingest.inspection import DEFAULT_MAX_DECODED_BYTES, Inspection, Rejection
+from tasks.ingest.entries import escape_name, name_rejection
+from tasks.ingest.inspect_objects import InspectedObject, inspect_batch_objects
+from tasks.ingest.inspection import DEFAULT_MAX_DECODED_BYTES, Rejection
 from tasks.ingest.quarantine_zone import QuarantineEntry, quarantine, write_reason
-from tasks.ingest.sniff import inspect_object
 
 __all__ = [
     "BatchRef",
     "IngestResult",
     "find_ready_batches",
     "ingest_batch",
-    "inspect_object",
     "is_ingested",
     "read_accepted",
 ]
@@ -57,16 +54,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-WorkItem = tuple[str, str, int, str | None]  # gateway key, path in the batch, size, manifest SHA
 
 ACCEPTED_NAME = "accepted.parquet"
 SUMMARY_NAME = "summary.json"
-IN_MEMORY_BYTES = 16 * 1024 * 1024  # smaller objects are fetched once, in one GET
-INLINE_MAX_FILES = 50  # below this, starting a LocalCluster costs more than it saves
-MIN_FILES_PER_TASK = 25
-MAX_FILES_PER_TASK = 200
-TARGET_TASKS = 32
-TASK_RETRIES = 2
 
 ACCEPTED_SCHEMA = pa.schema(
     [
@@ -114,17 +104,6 @@ class IngestResult:
 
 
 @dataclass(frozen=True)
-class InspectedObject:
-    """One object of the batch and its inspection; ``path`` is relative to the batch folder.
-    ``special`` says what a link or special file is (it was never opened)."""
-
-    path: str
-    inspection: Inspection
-    special: SpecialKind | None = None
-    version_id: str | None = None  # the version inspected, where the store keeps versions
-
-
-@dataclass(frozen=True)
 class IngestedObject:
     """Where an identity (SOPInstanceUID, or SHA-256 for a slide) was first accepted."""
 
@@ -167,7 +146,7 @@ def ingest_batch(
     contents = load_batch(gateway, batch, dropzone)
     started = _now()
     log.info("ingesting batch %s: %d objects", batch, len(contents.objects))
-    inspected = _inspect_batch(
+    inspected = inspect_batch_objects(
         gateway, contents, dask_address, workers, progress, max_decoded_bytes
     )
     verdicts = judge(batch, inspected, contents, ingested_objects(gateway, exclude=batch))
@@ -222,103 +201,6 @@ def read_accepted(gateway: Store, batch: str) -> pa.Table:
         )
     data = gateway.read_bytes(join_key(layout.INGEST, batch, ACCEPTED_NAME))
     return pq.read_table(pa.BufferReader(data))
-
-
-def inspect_group(
-    store: Store,
-    items: Sequence[WorkItem],
-    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
-) -> list[InspectedObject]:
-    """Inspect a group of objects (one Dask task); returns small records, never file contents.
-
-    On a versioned store each object is read at the version it has now, and that version is
-    recorded, so later stages read exactly the bytes that were inspected and hashed.
-    """
-    inspected: list[InspectedObject] = []
-    for key, path, size, expected in items:
-        version = store.info(key).version_id if store.supports_versions else None
-        if size <= IN_MEMORY_BYTES:
-            inspection = inspect_object(
-                store.read_bytes(key, version), expected, max_decoded_bytes=max_decoded_bytes
-            )
-        else:  # hashed in one streaming pass, then only the headers are read again
-            with store.open_read(key, version) as stream:
-                inspection = inspect_object(stream, expected, max_decoded_bytes=max_decoded_bytes)
-        inspected.append(InspectedObject(path, inspection, version_id=version))
-    return inspected
-
-
-def _inspect_batch(
-    gateway: Store,
-    contents: BatchContents,
-    dask_address: str,
-    workers: int,
-    progress: Progress | None,
-    max_decoded_bytes: int,
-) -> list[InspectedObject]:
-    manifest = contents.manifest or {}
-    work: list[WorkItem] = []
-    for info in contents.objects:
-        path = contents.relative_path(info.key)
-        entry = manifest.get(path)
-        work.append((info.key, path, info.size, entry.sha256 if entry else None))
-    special = [
-        InspectedObject(
-            contents.relative_path(entry.key), special_inspection(entry.kind), entry.kind
-        )
-        for entry in contents.special
-    ]
-    if len(work) < INLINE_MAX_FILES:
-        return [*_inspect_inline(gateway, work, progress, max_decoded_bytes), *special]
-    return [
-        *_inspect_on_dask(gateway, work, dask_address, workers, progress, max_decoded_bytes),
-        *special,
-    ]
-
-
-def _inspect_inline(
-    gateway: Store, work: Sequence[WorkItem], progress: Progress | None, max_decoded_bytes: int
-) -> list[InspectedObject]:
-    inspected: list[InspectedObject] = []
-    for item in work:
-        inspected.extend(inspect_group(gateway, [item], max_decoded_bytes))
-        if progress is not None:
-            progress(len(inspected), len(work))
-    return inspected
-
-
-def _inspect_on_dask(
-    gateway: Store,
-    work: Sequence[WorkItem],
-    dask_address: str,
-    workers: int,
-    progress: Progress | None,
-    max_decoded_bytes: int,
-) -> list[InspectedObject]:
-    from distributed import as_completed
-
-    from tasks.parallel import dask_client
-
-    size = files_per_task(len(work))
-    groups = [list(work[start : start + size]) for start in range(0, len(work), size)]
-    inspected: list[InspectedObject] = []
-    with dask_client(dask_address, workers) as client:
-        log.info("inspecting %d objects in %d Dask tasks", len(work), len(groups))
-        stores = [gateway] * len(groups)
-        limits = [max_decoded_bytes] * len(groups)
-        futures = client.map(
-            inspect_group, stores, groups, limits, pure=False, retries=TASK_RETRIES
-        )
-        for future in as_completed(futures):
-            inspected.extend(future.result())
-            if progress is not None:
-                progress(len(inspected), len(work))
-    return inspected
-
-
-def files_per_task(count: int) -> int:
-    """Files per Dask task: coarse enough to amortise scheduling, fine enough to spread out."""
-    return max(MIN_FILES_PER_TASK, min(MAX_FILES_PER_TASK, math.ceil(count / TARGET_TASKS)))
 
 
 def ingested_objects(gateway: Store, exclude: str = "") -> dict[str, IngestedObject]:
