@@ -26,7 +26,7 @@ def batch_name(batch: str, settings: Settings) -> str:
     """The drop-zone batch that BATCH names: a bare name, or a folder/URL inside the drop zone."""
     if "/" not in batch.strip("/"):
         return batch.strip("/")
-    from storage import open_object, open_store
+    from storage import open_object
 
     dropzone_url = settings.gateway().child(DROPZONE).url
     parent, name = open_object(batch)
