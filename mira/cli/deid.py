@@ -47,7 +47,8 @@ def deid(
         )
     out.print(
         f"{result.instances} DICOM files and {result.slides} slides de-identified into {output_url} "
-        f"({result.scrubbed} with burned-in text blanked); quarantined: {result.quarantined or 'none'}"
+        f"({result.scrubbed} with burned-in text blanked); duplicates: {result.duplicates}; "
+        f"quarantined: {result.quarantined or 'none'}"
     )
 
 

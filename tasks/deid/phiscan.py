@@ -26,6 +26,7 @@ from pydicom.multival import MultiValue
 from tasks.deid.dicom import collect_dicom_identifiers
 from tasks.deid.identifiers import IdentifierMatcher, is_searchable
 from tasks.deid.slide import collect_slide_identifiers
+from tasks.deid.vocabulary import is_exempt
 
 # Shorter tokens match random binary (pixels, compressed tiles) too often to mean anything there.
 RAW_MIN_TOKEN_CHARS = 6
@@ -133,18 +134,29 @@ def _scan_one(
 ) -> list[PhiHit]:
     """The hits of one output: its name, its decoded values, then its raw bytes."""
     found: list[tuple[str, str]] = [("path", text) for _, text in matcher.find(name)]
+    raw = data
     if _is_dicom(data):
-        found += _dicom_hits(data, matcher)
+        hits, exempt = _dicom_hits(data, matcher)
+        found += hits
+        raw = _masked(data, exempt)
     elif _is_tiff(data[:4]):
         found += _tiff_hits(data, matcher)
     elif _is_text(data):
         text = data.decode("utf-8")
         found += [(f"text@{offset}", token) for offset, token in matcher.find(text)]
     seen = {token.casefold() for location, token in found if location != "path"}
-    for offset, token in _raw_hits(data, raw_tokens):
+    for offset, token in _raw_hits(raw, raw_tokens):
         if token not in seen:
             found.append((f"bytes@{offset}", token))
     return [PhiHit(name, location, identifier_digest(token)) for location, token in found]
+
+
+def _masked(data: bytes, exempt: set[bytes]) -> bytes:
+    """The bytes with every exempt value (mira's own text, standard terms) blanked, so the raw
+    scan does not find in them what the value scan left out on purpose."""
+    for value in sorted(exempt, key=len, reverse=True):
+        data = data.replace(value, b"\x00" * len(value))
+    return data
 
 
 def _is_dicom(data: bytes) -> bool:
@@ -166,20 +178,26 @@ def _is_text(data: bytes) -> bool:
     return True
 
 
-def _dicom_hits(data: bytes, matcher: IdentifierMatcher) -> list[tuple[str, str]]:
-    """Hits in every decoded element of a Part-10 file, file meta included."""
+def _dicom_hits(
+    data: bytes, matcher: IdentifierMatcher
+) -> tuple[list[tuple[str, str]], set[bytes]]:
+    """Hits in every decoded element of a Part-10 file, file meta included, and the encoded
+    values that held a token but are exempt (see :mod:`tasks.deid.vocabulary`)."""
+    exempt: set[bytes] = set()
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception:
-        return []
-    found = _dataset_hits(dataset.file_meta, "meta.", matcher) if dataset.file_meta else []
-    return found + _dataset_hits(dataset, "", matcher)
+        return [], exempt
+    meta = dataset.file_meta
+    found = _dataset_hits(meta, "meta.", matcher, exempt) if meta else []
+    return found + _dataset_hits(dataset, "", matcher, exempt), exempt
 
 
 def _dataset_hits(
-    dataset: Dataset, prefix: str, matcher: IdentifierMatcher
+    dataset: Dataset, prefix: str, matcher: IdentifierMatcher, exempt: set[bytes]
 ) -> list[tuple[str, str]]:
-    """Hits in one dataset and, recursively, in the items of its sequences."""
+    """Hits in one dataset and, recursively, in the items of its sequences; values exempt from
+    the scan are added to ``exempt`` instead."""
     found: list[tuple[str, str]] = []
     for tag in list(dataset.keys()):
         location = f"{prefix}({tag >> 16:04X},{tag & 0xFFFF:04X})"
@@ -194,10 +212,15 @@ def _dataset_hits(
             elem = None
         if elem is not None and elem.VR == "SQ":
             for index, item in enumerate(value or []):
-                found += _dataset_hits(item, f"{location}[{index}].", matcher)
+                found += _dataset_hits(item, f"{location}[{index}].", matcher, exempt)
             continue
         text = _as_text(value)
-        found += [(location, token) for _, token in matcher.find(text)]
+        hits = [(location, token) for _, token in matcher.find(text)]
+        vr = elem.VR if elem is not None else ""
+        if hits and is_exempt(dataset, tag, vr, text, top_level=not prefix):
+            exempt.add(text.encode("latin-1", errors="ignore"))
+            continue
+        found += hits
     return found
 
 

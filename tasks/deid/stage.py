@@ -27,6 +27,7 @@ from storage import Store, join_key, open_store
 from tasks import layout
 from tasks.dataset import INSTANCE_SCHEMA, SLIDE_SCHEMA, summarise_instances, write_part
 from tasks.deid.dicom import deidentify_dicom
+from tasks.deid.duplicates import DUPLICATES_NAME, duplicate_records, settle_instances
 from tasks.deid.ingested import CHANGED_AFTER_INGEST, IngestRecord, ingested_copy, read_ingested
 from tasks.deid.names import batch_name_hits, coded_values, path_identifiers
 from tasks.deid.phiscan import collect_identifiers, scan_for_phi, scan_slide_file
@@ -73,6 +74,7 @@ class Outcome:
     detail: str = ""
     phi_hits: tuple[str, ...] = ()
     batch_name_hits: int = 0  # identifiers of this input found in the batch name
+    duplicate_of: str = ""  # the input published for this one (same UID, same output bytes)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class DeidStageResult:
     slides: int = 0
     scrubbed: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
     phi_hits: int = 0
     already_done: bool = False
     profile: str = ""
@@ -125,6 +128,8 @@ def deidentify_batch(
     outcomes = run_groups(job, items, dask_address, workers, progress)
     check_batch_name(job, outcomes)
     check_for_leaks(job, outcomes, gateway)
+    outcomes = settle_instances(outcomes, research)
+    record_duplicates(gateway, join_key(layout.DEID, batch, DUPLICATES_NAME), outcomes)
     for outcome in outcomes:
         if outcome.refusal:
             _quarantine(gateway, batch, outcome, outcome.refusal, outcome.detail)
@@ -174,6 +179,8 @@ def deidentify_folder(
         job = DeidJob(source=source, staging=staging, batch="", key=key, policy=policy)
         outcomes = run_groups(job, items, "", 0, progress)
         check_for_leaks(job, outcomes, quarantine_store)
+        outcomes = settle_instances(outcomes, output)
+        record_duplicates(quarantine_store, DUPLICATES_NAME, outcomes)
         for item in unsupported:
             _quarantine_to(
                 quarantine_store,
@@ -189,7 +196,7 @@ def deidentify_folder(
     refusals = refusal_counts(outcomes)
     if unsupported:
         refusals["unsupported-type"] = len(unsupported)
-    return _result("", published, refusals, policy)
+    return _result("", published, refusals, policy, outcomes)
 
 
 def accepted_items(gateway: Store, batch: str) -> list[WorkItem]:
@@ -426,7 +433,7 @@ def _commit_catalog(
     write_part(research, "series", batch, series)
     write_part(research, "studies", batch, studies)
     write_part(research, "slides", batch, _table(slides, SLIDE_SCHEMA))
-    result = _result(batch, published, refusal_counts(outcomes), policy)
+    result = _result(batch, published, refusal_counts(outcomes), policy, outcomes)
     write_part(research, "batches", batch, [batch_row(result)])
     # Instances last: that part is the commit downstream stages look for.
     write_part(research, "instances", batch, instance_table)
@@ -452,8 +459,19 @@ def refusal_counts(outcomes: Sequence[Outcome]) -> dict[str, int]:
     return dict(Counter(o.refusal for o in outcomes if o.refusal))
 
 
+def record_duplicates(store: Store, key: str, outcomes: Sequence[Outcome]) -> None:
+    """Write the duplicate records (gateway side: they name input paths), when there are any."""
+    records = duplicate_records(outcomes)
+    if records:
+        store.write_json(key, records)
+
+
 def _result(
-    batch: str, published: Sequence[Outcome], refusals: Mapping[str, int], policy: DeidPolicy
+    batch: str,
+    published: Sequence[Outcome],
+    refusals: Mapping[str, int],
+    policy: DeidPolicy,
+    outcomes: Sequence[Outcome],
 ) -> DeidStageResult:
     rows = [o.row for o in published if o.row]
     instances = [r for r, o in zip(rows, published, strict=True) if o.item.format != "slide"]
@@ -463,6 +481,7 @@ def _result(
         slides=len(rows) - len(instances),
         scrubbed=sum(1 for r in instances if r["pixels_scrubbed"]),
         quarantined=dict(refusals),
+        duplicates=sum(1 for o in outcomes if o.duplicate_of),
         profile=policy.name,
     )
 
