@@ -7,7 +7,8 @@ Decisions where the standard leaves a choice (documented in ``tasks/deid/README.
   D -> D (dummy), X/Z -> Z (zero length). The result is always a valid file and never keeps data.
 - ``U*`` (Referenced/Source Image Sequence) keeps the sequence and applies the profile to its
   items; so do the other reference sequences (rows with a Retain UIDs variant). Any other
-  sequence whose code is D or Z is emptied: no dummy item can be guaranteed free of identifiers.
+  sequence whose code resolves to D gets one dummy item (``dummy_items.py``: the attributes its
+  IOD requires, dummy or empty, nothing from the original); Z empties it.
 - When several enabled options name an action, the more protective wins: C (clean) over K.
 - C under the Modified Dates option shifts DA and DT by the per-patient number of days; TM is
   kept because a whole-day shift leaves the time of day unchanged.
@@ -163,7 +164,7 @@ def resolve_basic(row: TableRow, policy: DeidPolicy) -> Action:
             return Action.REMOVE
         if DeidOption.RETAIN_UIDS.value in row.options:
             return Action.WALK_ITEMS
-        return Action.EMPTY
+        return Action.DUMMY if "D" in parts else Action.EMPTY
     if row.vr == "UI" and parts & {"U", "D"}:
         return Action.UID
     if "D" in parts:

@@ -33,7 +33,13 @@ from pydicom.uid import (
 
 from mira.errors import DeidentificationError, InvalidInput
 from tasks.deid.actions import compile_profile
-from tasks.deid.pixels import check_overlays, device_of, needs_scrubbing, scrub_burned_in
+from tasks.deid.pixels import (
+    PIXEL_TAGS,
+    check_overlays,
+    device_of,
+    needs_scrubbing,
+    scrub_burned_in,
+)
 from tasks.deid.profile import CLEAN_PIXEL_DATA_CODE, DeidOption, DeidPolicy
 from tasks.deid.pseudonyms import check_key
 from tasks.deid.walker import DatasetWalker, peek_text, raw_text_element
@@ -87,6 +93,7 @@ def deidentify_dicom(data: bytes, key: bytes, policy: DeidPolicy) -> DicomDeidRe
     check_key(key)
     dataset = read_dataset(data)
     check_composite_instance(dataset)
+    check_complete(dataset)
     check_overlays(dataset)
     scrub = needs_scrubbing(dataset, policy)
     if scrub and policy.scrub_rule_for(*device_of(dataset)) is None:
@@ -148,6 +155,20 @@ def check_composite_instance(dataset: Dataset) -> None:
     for tag, keyword in REQUIRED_UIDS.items():
         if not peek_text(dataset, tag):
             raise InvalidInput(f"not a composite DICOM instance: {keyword} is missing")
+
+
+def check_complete(dataset: Dataset) -> None:
+    """Refuse a file that ends inside its pixel data: its output would hold fewer pixel bytes
+    than Rows and Columns declare, which is not valid DICOM (bad input is quarantined)."""
+    for tag in PIXEL_TAGS:
+        elem = dataset._dict.get(BaseTag(tag))
+        if not isinstance(elem, RawDataElement) or elem.value is None:
+            continue
+        if elem.length != 0xFFFFFFFF and len(elem.value) < elem.length:
+            raise InvalidInput(
+                f"truncated file: ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {elem.length} "
+                f"bytes and holds {len(elem.value)}"
+            )
 
 
 def patient_key(dataset: Dataset) -> str:

@@ -31,10 +31,10 @@ from tasks.deid.actions import (
     CompiledProfile,
     TagRule,
 )
+from tasks.deid.dummy_items import DUMMY_TEXT, dummy_item
 from tasks.deid.identifiers import IdentifierMatcher, clean_text, value_tokens
 from tasks.deid.pseudonyms import date_shift_days, pseudonymize_patient_id, pseudonymize_uid
 
-DUMMY_TEXT = "ANONYMIZED"
 _DUMMY_VALUES: dict[str, Any] = {
     "DA": "19000101",
     "DT": "19000101000000",
@@ -279,7 +279,8 @@ class DatasetWalker:
         text = _text(ds, tag, elem, vr)
         free_text = rule.free_text or (cleaning and vr in FREE_TEXT_VRS)
         cleaned = clean_text(text, matcher, free_text)
-        if cleaned is None:
+        # A value cleaned down to nothing is no longer valid where the IOD requires one.
+        if cleaned is None or (text.strip() and not cleaned.strip()):
             fallback = rule.fallback if rule.action is Action.CLEAN_TEXT else Action.DUMMY
             _replace(ds, tag, vr, fallback, elem)
             return True
@@ -376,11 +377,12 @@ def _put(ds: Dataset, tag: BaseTag, vr: str, text: str, like: Any) -> None:
 
 
 def _replace(ds: Dataset, tag: BaseTag, vr: str, action: Action, like: Any) -> None:
-    """Remove, empty or dummy an element (a sequence is emptied: it has no safe dummy)."""
+    """Remove, empty or dummy an element; a dummied sequence holds one dummy item."""
     if action is Action.REMOVE:
         del ds._dict[tag]
     elif vr == "SQ":
-        ds[tag] = DataElement(tag, vr, Sequence())
+        item = dummy_item(tag, list(_items(ds, tag))) if action is Action.DUMMY else None
+        ds[tag] = DataElement(tag, vr, Sequence([] if item is None else [item]))
     elif action is Action.DUMMY and vr in _STRING_VRS:
         _put(ds, tag, vr, str(_DUMMY_VALUES.get(vr, DUMMY_TEXT)), like)
     elif action is Action.DUMMY:
