@@ -283,15 +283,21 @@ def test_s3_source_and_target(slides: Store, s3_store: Store, dask_address: str)
 
 @pytest.mark.s3
 def test_an_s3_outage_during_conversion_is_a_transient_error(
-    slides: Store, s3_server: SeaweedServer, dask_address: str, monkeypatch: pytest.MonkeyPatch
+    slides: Store, s3_server: SeaweedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The S3 server drops away after the first region: the conversion fails with mira's
     ``TransientStoreError`` (which Prefect retries, and the CLI prints as one line), not with
-    botocore's ``EndpointConnectionError`` from deep inside zarr."""
+    botocore's ``EndpointConnectionError`` from deep inside zarr.
+
+    It runs on a cluster of its own: region tasks still running when the conversion gives up
+    keep retrying the dead endpoint, and on the module's shared cluster they held up the next
+    test's tasks for minutes.
+    """
     from storage import errors
 
     monkeypatch.setattr(errors, "RETRY_BASE_SECONDS", 0.01)
-    with Relay(s3_server.config) as relay:
+    with dask_client(workers=1) as client, Relay(s3_server.config) as relay:
+        dask_address = str(client.scheduler_info()["address"])
         target = open_store(f"s3://mira-plain/t-{uuid.uuid4().hex[:12]}", relay.config)
         with pytest.raises(TransientStoreError, match=r"p\.ome\.zarr"):
             convert_slide(
