@@ -15,11 +15,10 @@ from rich.table import Table
 from mira.cli.common import console, out, settings_of
 from mira.errors import InvalidInput, MiraError
 from mira.settings import Settings
+from tasks import layout
 
 if TYPE_CHECKING:
     from flows.summaries import PipelineSummary
-
-DROPZONE = "dropzone"
 
 
 def batch_name(batch: str, settings: Settings) -> str:
@@ -28,7 +27,7 @@ def batch_name(batch: str, settings: Settings) -> str:
         return batch.strip("/")
     from storage import open_object
 
-    dropzone_url = settings.gateway().child(DROPZONE).url
+    dropzone_url = settings.gateway().child(layout.DROPZONE).url
     parent, name = open_object(batch)
     if parent.url.rstrip("/") != dropzone_url.rstrip("/"):
         raise InvalidInput(f"batch {batch!r} is not in the gateway drop zone {dropzone_url}")
@@ -174,7 +173,7 @@ def demo(
     )
     use_prefect_api(settings)
     _ensure_demo_secret(data / "gateway")
-    dropzone = data / "gateway" / DROPZONE
+    dropzone = data / "gateway" / layout.DROPZONE
     if not (dropzone / "_sample_phi.json").exists():
         with step_progress(console) as progress:
             generate_sample_data(dropzone, slide_size=slide_size, progress=progress)
@@ -190,14 +189,14 @@ def demo(
         f"""
 Where to look
   gateway store (PHI side)        {gateway.url}
-    quarantine + reasons          {gateway.child("quarantine").url}
-    ingest records                {gateway.child("ingest").url}
+    quarantine + reasons          {gateway.child(layout.QUARANTINE).url}
+    ingest records                {gateway.child(layout.INGEST).url}
   research store (de-identified)  {research.url}
-    DICOM by pseudonym            {research.child("dicom").url}
-    slides / OME-Zarr pyramids    {research.child("slides").url}  {research.child("pyramids").url}
-    catalog (Parquet)             {research.child("catalog").url}
-    quality results, Data Docs    {research.child("quality").url}
-    snapshots                     {research.child("snapshots").url}
+    DICOM by pseudonym            {research.child(layout.DICOM).url}
+    slides / OME-Zarr pyramids    {research.child(layout.SLIDES).url}  {research.child(layout.PYRAMIDS).url}
+    catalog (Parquet)             {research.child(layout.CATALOG).url}
+    quality results, Data Docs    {research.child(layout.QUALITY).url}
+    snapshots                     {research.child(layout.SNAPSHOTS).url}
 Try:""",
         soft_wrap=True,
     )
