@@ -35,6 +35,7 @@ from mira.errors import DeidentificationError, InvalidInput
 from tasks.deid.actions import compile_profile
 from tasks.deid.pixels import (
     PIXEL_TAGS,
+    PixelScrub,
     check_overlays,
     device_of,
     needs_scrubbing,
@@ -84,11 +85,13 @@ class DicomDeidResult:
     modality: str
     scrubbed_pixels: bool
     identifiers: frozenset[str]
+    text_boxes: int = 0
+    text_frames: int = 0
 
 
 def deidentify_dicom(data: bytes, key: bytes, policy: DeidPolicy) -> DicomDeidResult:
     """De-identify one Part-10 file; raise ``DeidentificationError`` when it cannot be made safe
-    (burned-in text without a region rule, embedded overlays) and ``InvalidInput`` when it is
+    (burned-in text that OCR cannot clear, embedded overlays) and ``InvalidInput`` when it is
     not a composite instance (no Study/Series/SOP Instance UID, a DICOMDIR)."""
     check_key(key)
     dataset = read_dataset(data)
@@ -96,7 +99,7 @@ def deidentify_dicom(data: bytes, key: bytes, policy: DeidPolicy) -> DicomDeidRe
     check_complete(dataset)
     check_overlays(dataset)
     scrub = needs_scrubbing(dataset, policy)
-    if scrub and policy.scrub_rule_for(*device_of(dataset)) is None:
+    if scrub and not policy.ocr and policy.scrub_rule_for(*device_of(dataset)) is None:
         raise DeidentificationError(f"burned-in text suspected and {_no_rule(dataset)}")
     walker = DatasetWalker(compile_profile(policy), key, patient_key(dataset))
     walker.walk(dataset)
@@ -104,9 +107,8 @@ def deidentify_dicom(data: bytes, key: bytes, policy: DeidPolicy) -> DicomDeidRe
     walker.clean_deferred()
     walker.restore_untouched_sequences()
     dataset.file_meta = rewritten_file_meta(dataset)
-    if scrub:
-        scrub_burned_in(dataset, policy)
-    record_method(dataset, policy, scrub, walker.patient_id)
+    pixels = scrub_burned_in(dataset, policy) if scrub else None
+    record_method(dataset, policy, pixels, walker.patient_id)
     return DicomDeidResult(
         data=write_dataset(dataset),
         patient_id=walker.patient_id,
@@ -114,8 +116,10 @@ def deidentify_dicom(data: bytes, key: bytes, policy: DeidPolicy) -> DicomDeidRe
         series_uid=peek_text(dataset, SERIES_UID),
         sop_instance_uid=peek_text(dataset, SOP_INSTANCE_UID),
         modality=peek_text(dataset, MODALITY),
-        scrubbed_pixels=scrub,
+        scrubbed_pixels=pixels is not None and pixels.changed,
         identifiers=frozenset(walker.identifiers),
+        text_boxes=pixels.text_boxes if pixels else 0,
+        text_frames=pixels.text_frames if pixels else 0,
     )
 
 
@@ -222,8 +226,11 @@ def rewritten_file_meta(dataset: Dataset) -> FileMetaDataset:
     return meta
 
 
-def record_method(dataset: Dataset, policy: DeidPolicy, scrubbed: bool, patient_id: str) -> None:
-    """Record what was done: PatientIdentityRemoved, DeidentificationMethod (+ codes),
+def record_method(
+    dataset: Dataset, policy: DeidPolicy, pixels: PixelScrub | None, patient_id: str
+) -> None:
+    """Record what was done: PatientIdentityRemoved, DeidentificationMethod (+ codes, and a second
+    value saying what OCR blanked when the pixels were read),
     LongitudinalTemporalInformationModified; and add the pseudonymous PatientID/PatientName
     (type 2) when the input had none."""
     implicit, little = dataset.file_meta.TransferSyntaxUID.is_implicit_VR, True
@@ -237,14 +244,22 @@ def record_method(dataset: Dataset, policy: DeidPolicy, scrubbed: bool, patient_
         temporal = "REMOVED"
     values = [
         (PATIENT_IDENTITY_REMOVED, "CS", "YES"),
-        (DEIDENTIFICATION_METHOD, "LO", policy.method_description()),
+        (DEIDENTIFICATION_METHOD, "LO", _method_text(policy, pixels)),
         (TEMPORAL_MODIFIED, "CS", temporal),
     ]
     values += [(tag, vr, patient_id) for tag, vr in PATIENT_TAGS if tag not in dataset._dict]
     for tag, vr, text in values:
         dataset._dict[BaseTag(tag)] = raw_text_element(tag, vr, text, implicit, little)
+    scrubbed = pixels is not None and pixels.changed
     codes = (*policy.method_codes(), *((CLEAN_PIXEL_DATA_CODE,) if scrubbed else ()))
     dataset._dict[BaseTag(METHOD_CODES)] = method_code_sequence(codes, implicit, little)
+
+
+def _method_text(policy: DeidPolicy, pixels: PixelScrub | None) -> str:
+    """DeidentificationMethod (LO, VM 1-n): the profile, then what burned-in text handling did."""
+    if pixels is None:
+        return policy.method_description()
+    return f"{policy.method_description()}\\{pixels.describe()}"
 
 
 @functools.lru_cache(maxsize=64)

@@ -10,7 +10,8 @@ optional and falls back to :meth:`DeidPolicy.default`::
       "safe_private": ["0019,GEMS_ACQU_01,0C"],
       "uid_root": "2.25",
       "date_shift_max_days": 365,
-      "burned_in_modalities": ["US", "SC", "OT"],
+      "burned_in_modalities": ["US", "SC", "OT", "XA", "RF", "NM"],
+      "ocr": true, "ocr_pad": 4, "ocr_negative_review": ["US"],
       "scrub_rules": [
         {"modality": "US", "manufacturer": "ACME", "model": "Sono 5",
          "regions": [{"top": 0, "left": 0, "height": 0.1, "width": 1.0}]}
@@ -19,6 +20,10 @@ optional and falls back to :meth:`DeidPolicy.default`::
     }
 
 ``options`` lists only the options to change; unknown keys are errors, not silently ignored.
+``ocr`` (default true) reads every frame of an image that may carry burned-in text and blanks the
+text boxes it finds, padded by ``ocr_pad`` pixels; ``ocr_negative_review`` lists the modalities
+(``"*"``: all) whose images are held for review instead of published when OCR finds no text.
+With ``ocr`` false, such an image needs a region rule or is refused.
 """
 
 from __future__ import annotations
@@ -80,7 +85,11 @@ DEFAULT_OPTIONS = frozenset(
         DeidOption.CLEAN_STRUCTURED_CONTENT,
     }
 )
-DEFAULT_BURNED_IN_MODALITIES = frozenset({"US", "SC", "OT"})
+# Modalities whose images OCR reads for burned-in text (screens, scanner banners, angiography
+# and nuclear medicine overlays); derived/secondary images and BurnedInAnnotation YES are read too.
+DEFAULT_BURNED_IN_MODALITIES = frozenset({"US", "SC", "OT", "XA", "RF", "NM"})
+# Pixels added around each detected text box before it is blanked (anti-aliased edges, descenders).
+DEFAULT_OCR_PAD = 4
 # Aperio ImageDescription keys kept in a de-identified slide: optics and geometry only.
 DEFAULT_SLIDE_SAFE_KEYS = frozenset(
     {
@@ -195,9 +204,14 @@ class DeidPolicy:
     burned_in_modalities: frozenset[str] = DEFAULT_BURNED_IN_MODALITIES
     scrub_rules: tuple[ScrubRule, ...] = DEFAULT_SCRUB_RULES
     slide_safe_keys: frozenset[str] = field(default=DEFAULT_SLIDE_SAFE_KEYS)
+    ocr: bool = True
+    ocr_pad: int = DEFAULT_OCR_PAD
+    ocr_negative_review: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         check_uid_root(self.uid_root)
+        if not 0 <= self.ocr_pad <= 64:
+            raise ConfigError("ocr_pad must be 0 to 64 pixels")
         full = DeidOption.RETAIN_LONGITUDINAL_FULL_DATES in self.options
         if full and DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES in self.options:
             raise ConfigError("choose one of the full-dates and modified-dates options")
@@ -224,6 +238,10 @@ class DeidPolicy:
     def method_description(self) -> str:
         """DeidentificationMethod text (LO, 64 characters at most)."""
         return f"mira PS3.15 E.1-1 profile {self.name} v{self.version}"[:64]
+
+    def reviews_ocr_negative(self, modality: str) -> bool:
+        """Whether an image of this modality in which OCR found no text is held for review."""
+        return "*" in self.ocr_negative_review or modality.upper() in self.ocr_negative_review
 
     def scrub_rule_for(self, modality: str, manufacturer: str, model: str) -> ScrubRule | None:
         """The most specific scrub rule that applies (the first in file order on ties)."""
@@ -284,6 +302,9 @@ _POLICY_KEYS = frozenset(
         "burned_in_modalities",
         "scrub_rules",
         "slide_safe_keys",
+        "ocr",
+        "ocr_pad",
+        "ocr_negative_review",
     }
 )
 
@@ -312,10 +333,30 @@ def policy_from_mapping(document: Mapping[str, Any], source: str = "profile") ->
         changes["scrub_rules"] = tuple(_parse_rule(r, source) for r in document["scrub_rules"])
     if "slide_safe_keys" in document:
         changes["slide_safe_keys"] = frozenset(str(k) for k in document["slide_safe_keys"])
+    changes.update(_parse_ocr(document, source))
     try:
         return replace(policy, **changes)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{source}: {err}") from err
+
+
+def _parse_ocr(document: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The OCR keys of a profile: ``ocr`` (bool), ``ocr_pad`` (pixels), ``ocr_negative_review``."""
+    changes: dict[str, Any] = {}
+    if "ocr" in document:
+        if not isinstance(document["ocr"], bool):
+            raise ConfigError(f"{source}: 'ocr' must be true or false")
+        changes["ocr"] = document["ocr"]
+    if "ocr_pad" in document:
+        pad = document["ocr_pad"]
+        if isinstance(pad, bool) or not isinstance(pad, int):
+            raise ConfigError(f"{source}: 'ocr_pad' must be a whole number of pixels")
+        changes["ocr_pad"] = pad
+    if "ocr_negative_review" in document:
+        changes["ocr_negative_review"] = frozenset(
+            str(m).upper() for m in document["ocr_negative_review"]
+        )
+    return changes
 
 
 def _parse_options(
