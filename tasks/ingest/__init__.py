@@ -7,6 +7,15 @@ gateway.
 """
 
 from tasks.ingest.announce import BATCH_READY, Announcement, announce_batch, pending_batches
+from tasks.ingest.dicom_series import (
+    WSI_SOP_CLASS,
+    FrameSpans,
+    WsiInstance,
+    WsiLevel,
+    WsiSeries,
+    check_wsi_series,
+    read_wsi_instance,
+)
 from tasks.ingest.dropzone import BatchRef, find_ready_batches
 from tasks.ingest.preflight import check_pipeline_inputs
 from tasks.ingest.quarantine_zone import QuarantineEntry, quarantine, write_reason
@@ -17,15 +26,21 @@ from tasks.ingest.stage import IngestResult, ingest_batch, read_accepted
 
 __all__ = [
     "BATCH_READY",
+    "WSI_SOP_CLASS",
     "Announcement",
     "BatchRef",
     "ClaimOutcome",
+    "FrameSpans",
     "GatewayNames",
     "IngestResult",
     "QuarantineEntry",
     "RunClaim",
+    "WsiInstance",
+    "WsiLevel",
+    "WsiSeries",
     "announce_batch",
     "check_pipeline_inputs",
+    "check_wsi_series",
     "claim_batch_run",
     "find_ready_batches",
     "gateway_names_hidden",
@@ -33,6 +48,7 @@ __all__ = [
     "pending_batches",
     "quarantine",
     "read_accepted",
+    "read_wsi_instance",
     "sniff_format",
     "write_reason",
 ]

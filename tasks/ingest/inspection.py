@@ -25,6 +25,7 @@ RejectReason = Literal[
     "not-a-regular-file",
     "invalid-name",
     "patient-link-not-slide",
+    "incomplete-slide",
 ]
 DetectedFormat = Literal["dicom", "dicom-no-preamble", "tiff", "bigtiff", "svs", "empty", "unknown"]
 ObjectKind = Literal["dicom", "slide"]

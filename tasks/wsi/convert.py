@@ -37,6 +37,14 @@ from mira.errors import InvalidInput
 from storage import ObjectInfo, Store, join_key
 from tasks import layout
 from tasks.parallel import dask_client
+from tasks.wsi.dicom_source import (
+    DICOM_FORMAT,
+    dicom_level0_codecs,
+    is_dicom_slide,
+    series_info,
+    series_sha256,
+    shared_dicom_slide,
+)
 from tasks.wsi.jpeg import level0_codecs
 from tasks.wsi.ngff import (
     LAYOUT_VERSION,
@@ -57,6 +65,7 @@ from tasks.wsi.regions import (
     run_tasks_here,
 )
 from tasks.wsi.source import (
+    SlideGeometry,
     SlideMetadata,
     full_resolution_page,
     open_slide,
@@ -141,7 +150,7 @@ def convert_slide(
     ``progress(done, total)`` is called after each region task.
     """
     started = time.perf_counter()
-    info = source.info(source_key)
+    info = _source_info(source, source_key)
     record = read_completion_record(target, pyramid_key)
     sha = _current_sha(source, source_key, info, record, source_sha256)
     if record is not None and _is_current(record, sha, options):
@@ -267,10 +276,19 @@ def _current_sha(
     if known:
         return known
     if record is None:
-        return None if info.etag else source.sha256(key)
+        return None if info.etag else _source_sha256(source, key)
     if info.etag and (record.source_etag, record.source_size) == (info.etag, info.size):
         return record.source_sha256
-    return source.sha256(key)
+    return _source_sha256(source, key)
+
+
+def _source_info(source: Store, key: str) -> ObjectInfo:
+    """The slide file's info, or a DICOM series folder's (its instances taken together)."""
+    return series_info(source, key) if is_dicom_slide(source, key) else source.info(key)
+
+
+def _source_sha256(source: Store, key: str) -> str:
+    return series_sha256(source, key) if is_dicom_slide(source, key) else source.sha256(key)
 
 
 def _is_current(record: CompletionRecord, sha: str | None, options: ConvertOptions) -> bool:
@@ -321,12 +339,15 @@ def _convert(
         threads,
         passthrough=options.passthrough,
         source_etag=work.info.etag,
+        dicom=slide.format == DICOM_FORMAT,
     )
     with (
         _older_objects_left_to_gc_later(),
         ThreadPoolExecutor(1, thread_name_prefix="mira-wsi-sha256") as hasher,
     ):
-        hashing = hasher.submit(work.source.sha256, work.source_key) if not work.sha256 else None
+        hashing = (
+            hasher.submit(_source_sha256, work.source, work.source_key) if not work.sha256 else None
+        )
         fingerprint = run_fingerprint(_source_identity(work), options.settings())
         tasks = plan_region_tasks(
             plan, job.version, _prepare_target(job, fingerprint, work.level0_codecs)
@@ -392,15 +413,16 @@ def _describe(
     if options.passthrough and options.ngff_version != "0.5":
         raise InvalidInput("--codec jpeg needs NGFF 0.5 (Zarr v3 has the transpose codec)")
     chunk, shard = options.chunk, options.shard
-    level0: list[Any] | None = None
-    with open_slide(source, source_key) as tif:
-        page = full_resolution_page(tif)
-        geometry = slide_geometry(page)
-        slide = slide_metadata(tif, page)
-        if options.passthrough:  # a chunk is a tile; a shard, whole tiles
-            level0 = level0_codecs(page)
-            chunk = geometry.segment_width
-            shard = chunk * max(1, options.shard // chunk)
+    level0: list[Any] | None
+    if is_dicom_slide(source, source_key):  # a folder: a DICOM whole-slide series
+        dicom = shared_dicom_slide(source, source_key, info.etag)
+        geometry, slide = dicom.geometry(), dicom.metadata
+        level0 = dicom_level0_codecs(dicom) if options.passthrough else None
+    else:
+        geometry, slide, level0 = _describe_tiff(source, source_key, options)
+    if level0 is not None:  # passthrough: a chunk is a tile; a shard, whole tiles
+        chunk = geometry.segment_width
+        shard = chunk * max(1, options.shard // chunk)
     plan = PyramidPlan.for_slide(
         geometry.height,
         geometry.width,
@@ -411,6 +433,16 @@ def _describe(
         options.min_level_side,
     )
     return _Work(source, source_key, info, sha, target, pyramid_key, plan, slide, started, level0)
+
+
+def _describe_tiff(
+    source: Store, source_key: str, options: ConvertOptions
+) -> tuple[SlideGeometry, SlideMetadata, list[Any] | None]:
+    """A TIFF slide's level-0 geometry, metadata and (passthrough) level-0 codecs."""
+    with open_slide(source, source_key) as tif:
+        page = full_resolution_page(tif)
+        level0 = level0_codecs(page) if options.passthrough else None
+        return slide_geometry(page), slide_metadata(tif, page), level0
 
 
 def _bytes_raw(plan: PyramidPlan) -> int:

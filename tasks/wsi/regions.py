@@ -29,6 +29,7 @@ import zarr
 from numpy.typing import NDArray
 
 from storage import Store, join_key
+from tasks.wsi.dicom_source import DicomRegionReader, dicom_region_readers
 from tasks.wsi.ngff import NgffVersion, region_keys, store_objects
 from tasks.wsi.pyramid import (
     BUFFERS,
@@ -64,6 +65,7 @@ class RegionJob:
     threads: int = 1
     passthrough: bool = False  # level 0 stores the source's JPEG tiles as they are
     source_etag: str | None = None  # the version of the source being converted
+    dicom: bool = False  # the source is a DICOM whole-slide series (a folder of instances)
 
 
 @dataclass(frozen=True)
@@ -153,16 +155,12 @@ def convert_source_region(job: RegionJob, row: int, col: int) -> Pixels | None:
     def fetch(ranges: list[tuple[int, int]]) -> list[bytes]:
         return job.source.read_ranges(job.source_key, ranges)
 
-    with shared_slide(job.source, job.source_key, job.source_etag) as tif:
-        page = full_resolution_page(tif)
-        unlocked = isinstance(tif.filehandle.lock, tifffile.NullContext)
-        if job.threads > 1 and unlocked:  # bands read concurrently: seek and read as one step
-            tif.filehandle.set_lock(True)
+    with level0_readers(job) as new_reader:
 
         def band_fill(rows: range) -> ChunkFill:
             # A reader per band keeps each segment it decoded until the band's later chunks
             # have used it: every segment is decoded once per band.
-            reader = RegionReader(tif, page)
+            reader = new_reader()
             top, bottom = y0 + rows.start * size, min(y0 + rows.stop * size, y0 + height)
             band = (top, x0, bottom, x0 + width)
             reader.prefetch(top, x0, bottom - top, width, fetch)
@@ -178,6 +176,21 @@ def convert_source_region(job: RegionJob, row: int, col: int) -> Pixels | None:
             return fill
 
         return stream_region(job, 0, row, col, band_fill)
+
+
+@contextmanager
+def level0_readers(job: RegionJob) -> Iterator[Callable[[], RegionReader | DicomRegionReader]]:
+    """A maker of level-0 readers for one task: of a DICOM series' frames, or a TIFF's tiles."""
+    if job.dicom:
+        with dicom_region_readers(job.source, job.source_key, job.source_etag) as make:
+            yield make
+        return
+    with shared_slide(job.source, job.source_key, job.source_etag) as tif:
+        page = full_resolution_page(tif)
+        unlocked = isinstance(tif.filehandle.lock, tifffile.NullContext)
+        if job.threads > 1 and unlocked:  # bands read concurrently: seek and read as one step
+            tif.filehandle.set_lock(True)
+        yield lambda: RegionReader(tif, page)
 
 
 def combine_regions(
