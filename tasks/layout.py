@@ -35,6 +35,7 @@ REVIEW = "review"
 THUMBNAILS = "review/thumbnails"
 SNAPSHOTS = "snapshots"
 SNAPSHOT_INDEX = "snapshots/_index"  # no snapshot name starts with "_"
+REPLICATION = "replication"  # replication/<target>/...: claims and progress, never replicated
 
 _SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

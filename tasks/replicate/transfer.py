@@ -1,0 +1,266 @@
+"""Copying one object to a target: refused unless its bytes match the catalog, sent with
+checksums the server verifies, resumed part by part, and verified on the remote afterwards."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from mira.errors import IntegrityError, TransientStoreError
+from storage import Store
+from storage.base import read_up_to
+from storage.s3_upload import (
+    MIN_PART_BYTES,
+    ChecksumRefused,
+    RemoteCopy,
+    VerifiedUploader,
+    checksum_of,
+    composite_checksum,
+)
+from tasks.replicate.plan import PlannedObject
+from tasks.replicate.progress import Progress, UploadRecord
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Outcome = Literal["present", "sent", "resent", "refused"]
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """How to use the link: bandwidth cap, objects in flight, part size, retries."""
+
+    max_mbps: float | None = None  # megabits per second; None: no cap
+    concurrency: int = 4
+    part_bytes: int = 16 * 1024 * 1024  # objects this large or larger go multipart
+    attempts: int = 5  # per object, on transient failures and refused checksums
+    backoff_s: float = 1.0  # doubled after each failed attempt, at most 60 s
+
+
+class RateLimiter:
+    """A token bucket shared by every sender of one run: at most ``max_mbps`` on average."""
+
+    def __init__(self, max_mbps: float | None) -> None:
+        self.rate = max_mbps * 1_000_000 / 8 if max_mbps else None  # bytes per second
+        self._lock = threading.Lock()
+        self._next_free = time.monotonic()
+
+    def take(self, size: int) -> None:
+        if not self.rate:
+            return
+        with self._lock:
+            start = max(self._next_free, time.monotonic())
+            self._next_free = start + size / self.rate
+        pause = start - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+
+
+@dataclass
+class Counters:
+    """What one run sent (attempts that failed included), thread-safe."""
+
+    sent_bytes: int = 0
+    refused_checksums: int = 0
+    retries: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, sent: int = 0, refused: int = 0, retries: int = 0) -> None:
+        with self._lock:
+            self.sent_bytes += sent
+            self.refused_checksums += refused
+            self.retries += retries
+
+
+@dataclass(frozen=True)
+class ObjectResult:
+    key: str
+    outcome: Outcome
+    detail: str = ""
+
+
+class ObjectCopier:
+    """Copies planned objects from the local research store to one target."""
+
+    def __init__(
+        self,
+        local: Store,
+        uploader: VerifiedUploader,
+        progress: Progress,
+        options: LinkOptions,
+        limiter: RateLimiter,
+        counters: Counters,
+    ) -> None:
+        self.local = local
+        self.uploader = uploader
+        self.progress = progress
+        self.options = options
+        self.limiter = limiter
+        self.counters = counters
+        self.part_bytes = max(options.part_bytes, MIN_PART_BYTES)
+
+    def copy(self, obj: PlannedObject) -> ObjectResult:
+        """Copy ``obj`` unless the remote already holds it verified; retried with backoff."""
+        try:
+            return self._with_backoff(obj.key, lambda: self._copy_once(obj))
+        except IntegrityError as err:
+            if isinstance(err, ChecksumRefused):
+                raise
+            log.error("refused %s: %s", obj.key, err)
+            return ObjectResult(obj.key, "refused", str(err))
+
+    def copy_bytes(self, key: str, data: bytes) -> ObjectResult:
+        """Copy a catalog part as read (its SHA-256 is that of ``data``)."""
+        sha = hashlib.sha256(data).hexdigest()
+        remote = self.uploader.remote_copy(key)
+        checksum = checksum_of(bytes.fromhex(sha))
+        if remote is not None and remote.size == len(data) and remote.checksum == checksum:
+            return ObjectResult(key, "present")
+        self._with_backoff(key, lambda: self._put(key, data, sha))
+        return ObjectResult(key, "resent" if remote is not None else "sent")
+
+    def _with_backoff(self, key: str, attempt: Callable[[], T]) -> T:
+        delay = self.options.backoff_s
+        for number in range(1, self.options.attempts + 1):
+            try:
+                return attempt()
+            except (TransientStoreError, ChecksumRefused) as err:
+                if isinstance(err, ChecksumRefused):
+                    self.counters.add(refused=1)
+                if number == self.options.attempts:
+                    raise
+                self.counters.add(retries=1)
+                log.warning(
+                    "%s (attempt %d/%d, again in %.1fs)", err, number, self.options.attempts, delay
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        raise AssertionError("unreachable")
+
+    def _copy_once(self, obj: PlannedObject) -> ObjectResult:
+        remote = self.uploader.remote_copy(obj.key)
+        record = self.progress.upload_record(obj.key)
+        part_bytes = self.part_bytes
+        if remote is not None and remote.part_bytes:
+            part_bytes = remote.part_bytes
+        elif record is not None and record.sha256 == obj.sha256:
+            part_bytes = record.part_bytes
+        digests = self._local_digests(obj, part_bytes)
+        if remote is not None and _matches(remote, obj, digests):
+            self.progress.drop_upload(obj.key)
+            return ObjectResult(obj.key, "present")
+        if obj.size < self.part_bytes:
+            with self.local.open_read(obj.key) as stream:
+                data = stream.read()
+            if hashlib.sha256(data).hexdigest() != obj.sha256:
+                raise IntegrityError(f"{obj.key} changed while being sent; not sent")
+            self._put(obj.key, data, obj.sha256)
+        else:
+            self._multipart(obj, digests, part_bytes)
+        self._verify(obj, digests)
+        if remote is not None:
+            log.warning("remote copy of %s differed from the catalog: sent again", obj.key)
+            return ObjectResult(obj.key, "resent", "the remote copy differed from the catalog")
+        return ObjectResult(obj.key, "sent")
+
+    def _local_digests(self, obj: PlannedObject, part_bytes: int) -> list[bytes]:
+        """SHA-256 of each part of the local object; refused unless the whole matches the
+        catalog (so bytes the catalog does not vouch for are never sent)."""
+        whole = hashlib.sha256()
+        digests: list[bytes] = []
+        size = 0
+        with self.local.open_read(obj.key) as stream:
+            while chunk := read_up_to(stream, part_bytes):
+                whole.update(chunk)
+                digests.append(hashlib.sha256(chunk).digest())
+                size += len(chunk)
+        if whole.hexdigest() != obj.sha256 or size != obj.size:
+            raise IntegrityError(
+                f"{self.local.url_of(obj.key)} does not match its catalog SHA-256; not sent"
+            )
+        return digests or [hashlib.sha256(b"").digest()]
+
+    def _put(self, key: str, data: bytes, sha: str) -> None:
+        self.limiter.take(len(data))
+        self.counters.add(sent=len(data))
+        stored = self.uploader.put(key, data, sha)
+        if stored and stored != checksum_of(bytes.fromhex(sha)):
+            raise IntegrityError(f"the remote stored another checksum for {key}")
+
+    def _multipart(self, obj: PlannedObject, digests: list[bytes], part_bytes: int) -> None:
+        record = self._resumable_upload(obj, digests, part_bytes)
+        parts = dict(record.parts)
+        with self.local.open_read(obj.key) as stream:
+            for number, digest in enumerate(digests, start=1):
+                if number in parts:
+                    continue
+                stream.seek((number - 1) * part_bytes)
+                body = read_up_to(stream, part_bytes)
+                if hashlib.sha256(body).digest() != digest:
+                    self.uploader.abort_multipart(obj.key, record.upload_id)
+                    self.progress.drop_upload(obj.key)
+                    raise IntegrityError(f"{obj.key} changed while being sent; not sent")
+                self.limiter.take(len(body))
+                self.counters.add(sent=len(body))
+                etag = self.uploader.put_part(obj.key, record.upload_id, number, body, digest)
+                parts[number] = (etag, digest.hex())
+                record = UploadRecord(
+                    obj.key, obj.sha256, record.upload_id, part_bytes, dict(parts)
+                )
+                self.progress.save_upload(record)
+        listing = [(n, parts[n][0], digests[n - 1]) for n in range(1, len(digests) + 1)]
+        composite = self.uploader.complete_multipart(obj.key, record.upload_id, listing)
+        self.progress.drop_upload(obj.key)
+        if composite and composite != composite_checksum(digests):
+            raise IntegrityError(f"the remote's composite checksum of {obj.key} differs")
+
+    def _resumable_upload(
+        self, obj: PlannedObject, digests: list[bytes], part_bytes: int
+    ) -> UploadRecord:
+        """The recorded upload with the parts the server still holds intact, or a new one."""
+        from mira.errors import ObjectNotFound
+
+        record = self.progress.upload_record(obj.key)
+        if record is not None and record.sha256 == obj.sha256 and record.part_bytes == part_bytes:
+            try:
+                held = self.uploader.uploaded_parts(obj.key, record.upload_id)
+            except ObjectNotFound:
+                held = None
+            if held is not None:
+                kept = {
+                    n: (etag, sha)
+                    for n, (etag, sha) in record.parts.items()
+                    if n in held
+                    and held[n].etag == etag
+                    and n <= len(digests)
+                    and digests[n - 1].hex() == sha
+                }
+                return UploadRecord(obj.key, obj.sha256, record.upload_id, part_bytes, kept)
+        upload_id = self.uploader.start_multipart(obj.key, obj.sha256, part_bytes)
+        fresh = UploadRecord(obj.key, obj.sha256, upload_id, part_bytes, {})
+        self.progress.save_upload(fresh)
+        return fresh
+
+    def _verify(self, obj: PlannedObject, digests: list[bytes]) -> None:
+        remote = self.uploader.remote_copy(obj.key)
+        if remote is None or not _matches(remote, obj, digests):
+            raise TransientStoreError(
+                f"the remote copy of {obj.key} does not match the catalog after upload"
+            )
+
+
+def _matches(remote: RemoteCopy, obj: PlannedObject, digests: list[bytes]) -> bool:
+    """Whether the remote's size and server-computed checksum agree with the catalog."""
+    if remote.size != obj.size:
+        return False
+    if remote.checksum == checksum_of(bytes.fromhex(obj.sha256)):
+        return True
+    return bool(
+        remote.part_bytes
+        and remote.sha256 == obj.sha256
+        and remote.checksum == composite_checksum(digests)
+    )
