@@ -39,6 +39,36 @@ class Settings(BaseSettings):
     s3_region: str | None = Field(
         None, validation_alias=AliasChoices("MIRA_S3_REGION", "AWS_DEFAULT_REGION", "AWS_REGION")
     )
+    s3_ca_bundle: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("MIRA_S3_CA_BUNDLE", "AWS_CA_BUNDLE"),
+        description="PEM file of the CA(s) that sign the S3 endpoint's TLS certificate (a private "
+        "CA); empty: the system's CAs.",
+    )
+    s3_allow_http: bool = Field(
+        False,
+        description="Allow plain http to an S3 endpoint that is not loopback (keys and data "
+        "unencrypted on the network).",
+    )
+    s3_sse: str = Field(
+        "AES256",
+        description="Server-side encryption asked on every S3 write: AES256 (SSE-S3), aws:kms "
+        "(SSE-KMS) or none.",
+    )
+    s3_sse_kms_key_id: str | None = Field(
+        None, description="KMS key id or ARN for aws:kms; empty: the account's default key."
+    )
+    audit: bool = Field(
+        True,
+        description="Append a record of every command and flow run to the research store's "
+        "audit log (audit/).",
+    )
+    audit_retention_days: int = Field(
+        3650,
+        ge=0,
+        description="Object Lock retention (COMPLIANCE) of each audit object where the research "
+        "store supports it; 0: none.",
+    )
     dask_address: str = Field(
         "",
         description="Scheduler address of an existing Dask cluster; empty starts a LocalCluster.",
@@ -87,6 +117,10 @@ class Settings(BaseSettings):
             secret_access_key=secret,
             region=self.s3_region,
             cache_dir=str(self.cache_dir) if self.cache_dir else None,
+            ca_bundle=str(self.s3_ca_bundle) if self.s3_ca_bundle else None,
+            allow_http=self.s3_allow_http,
+            sse=None if self.s3_sse.lower() in ("", "none", "off") else self.s3_sse,
+            sse_kms_key_id=self.s3_sse_kms_key_id or None,
         )
 
     def gateway(self) -> Store:

@@ -34,6 +34,10 @@ class S3Config:
     secret_access_key: str | None = None
     region: str | None = None
     cache_dir: str | None = None  # local folder for caches of the store's objects (catalog parts)
+    ca_bundle: str | None = None  # PEM file of the CAs that sign the endpoint's TLS certificate
+    allow_http: bool = False  # plain http to an endpoint that is not on this machine (loopback)
+    sse: str | None = "AES256"  # server-side encryption asked on every write: AES256, aws:kms, None
+    sse_kms_key_id: str | None = None  # the KMS key of aws:kms; None: the account's default key
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import io
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import IO, Any, ParamSpec, TypeVar
@@ -91,6 +92,13 @@ def classify(err: Exception, url: str) -> StoreError:
     """The mira error that matches a backend exception."""
     code = _error_code(err)
     detail = f"{url}: {err}"
+    if _is_tls_failure(err):
+        endpoint = re.search(r"https://[^\s/]+", " ".join(str(e) for e in _chain(err)))
+        where = f" at {endpoint.group(0)}" if endpoint else ""
+        return StoreError(
+            f"TLS verification failed for {url}{where}: the endpoint's certificate is not "
+            "signed by a trusted CA (set MIRA_S3_CA_BUNDLE to the CA file that signs it)"
+        )
     if code in EXISTS_CODES:
         return AlreadyExists(f"object already exists: {url}")
     if code in NOT_FOUND_CODES or isinstance(err, FileNotFoundError):
@@ -124,6 +132,17 @@ NETWORK_FAILURES = frozenset(
         "FSTimeoutError",  # fsspec
     }
 )
+
+
+TLS_FAILURES = frozenset(
+    {"SSLCertVerificationError", "ClientConnectorCertificateError", "CertificateError"}
+)
+
+
+def _is_tls_failure(err: BaseException) -> bool:
+    """Whether the chain holds a certificate verification failure: a fault of configuration,
+    never transient, so it is neither retried nor reported as a network blip."""
+    return any(type(e).__name__ in TLS_FAILURES for e in _chain(err))
 
 
 def _looks_like_network_failure(err: BaseException) -> bool:

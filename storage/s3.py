@@ -31,6 +31,7 @@ from storage.base import (
     read_up_to,
 )
 from storage.errors import TranslatedReader, retry_async, translate_errors, with_retries
+from storage.security import check_endpoint, client_tls_args, sse_request_args
 
 if TYPE_CHECKING:
     from storage.base import ObjectData
@@ -48,10 +49,12 @@ def _filesystem(config: S3Config, asynchronous: bool = False) -> s3fs.S3FileSyst
         client_kwargs["endpoint_url"] = config.endpoint_url
     if config.region:
         client_kwargs["region_name"] = config.region
+    client_kwargs.update(client_tls_args(config))
     fs = s3fs.S3FileSystem(
         key=config.access_key_id,
         secret=config.secret_access_key,
         client_kwargs=client_kwargs,
+        s3_additional_kwargs=sse_request_args(config),
         version_aware=not asynchronous,
         use_listings_cache=False,
         # One attempt per request in botocore and in s3fs: storage.errors retries a transient
@@ -82,6 +85,7 @@ class S3Store(Store):
     """Objects below ``s3://bucket/prefix``."""
 
     def __init__(self, url: str, config: S3Config) -> None:
+        check_endpoint(config)
         self.bucket, self.prefix = parse_s3_url(url)
         self.config = config
         self.url = f"s3://{join_key(self.bucket, self.prefix)}"
@@ -395,6 +399,11 @@ class S3Store(Store):
             Retention={"Mode": retention.mode, "RetainUntilDate": retention.until},
             **extra,
         )
+
+    def server_side_encryption(self, key: str) -> str | None:
+        """The encryption the server applied to the object (AES256, aws:kms), None for none."""
+        head = self._call("head_object", key, Key=self._key(key))
+        return head.get("ServerSideEncryption") or None
 
     def get_retention(self, key: str, version_id: str | None = None) -> Retention | None:
         extra = {"VersionId": version_id} if version_id else {}

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -51,18 +52,63 @@ def weed_binary() -> str:
     return found
 
 
-class SeaweedServer:
-    """``weed mini`` in ``data_dir``; use as a context manager, then read ``config``."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """A server certificate and key, and the CA that signed them (PEM files)."""
 
-    def __init__(self, data_dir: Path, startup_timeout: float = 90.0) -> None:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def make_tls_files(folder: Path) -> TlsFiles:
+    """A CA made for this test session (trustme) and a certificate it signs for loopback."""
+    import trustme
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    files = TlsFiles(cert=folder / "server.pem", key=folder / "server.key", ca=folder / "ca.pem")
+    issued.cert_chain_pems[0].write_to_path(str(files.cert))
+    issued.private_key_pem.write_to_path(str(files.key))
+    ca.cert_pem.write_to_path(str(files.ca))
+    return files
+
+
+class SeaweedServer:
+    """``weed mini`` in ``data_dir``; use as a context manager, then read ``config``.
+
+    With ``tls`` the S3 endpoint in ``config`` is HTTPS (verified against ``tls.ca``); with
+    ``encrypt_volumes`` the volume servers encrypt what they store (``-encryptVolumeData``);
+    with ``iam_writable`` the embedded IAM API accepts users, keys and policies (the start-up
+    keys stay the admin identity).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        startup_timeout: float = 90.0,
+        *,
+        tls: TlsFiles | None = None,
+        encrypt_volumes: bool = False,
+        iam_writable: bool = False,
+    ) -> None:
         self.data_dir = data_dir
         self.startup_timeout = startup_timeout
+        self.tls = tls
+        self.encrypt_volumes = encrypt_volumes
+        self.iam_writable = iam_writable
         self.s3_port = free_port()
+        self.https_port = free_port() if tls else None
+        endpoint = (
+            f"https://127.0.0.1:{self.https_port}" if tls else f"http://127.0.0.1:{self.s3_port}"
+        )
         self.config = S3Config(
-            endpoint_url=f"http://127.0.0.1:{self.s3_port}",
+            endpoint_url=endpoint,
             access_key_id=ACCESS_KEY,
             secret_access_key=SECRET_KEY,
             region="us-east-1",
+            ca_bundle=str(tls.ca) if tls else None,
         )
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -81,7 +127,28 @@ class SeaweedServer:
             "-webdav=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            *self._security_flags(),
         ]
+
+    def _security_flags(self) -> list[str]:
+        flags = []
+        if self.tls is not None:
+            flags += [
+                f"-s3.port.https={self.https_port}",
+                f"-s3.cert.file={self.tls.cert}",
+                f"-s3.key.file={self.tls.key}",
+            ]
+        if self.encrypt_volumes:
+            flags += ["-s3.encryptVolumeData", "-filer.encryptVolumeData"]
+        if self.iam_writable:  # users, keys and policies through the IAM API (mira access)
+            flags.append("-s3.iam.readOnly=false")
+        return flags
+
+    def stored_files(self) -> list[Path]:
+        """Every file the server keeps on disk (volumes, filer metadata), its log left out:
+        what someone holding the disk would read."""
+        log = self.data_dir / "weed.log"
+        return sorted(p for p in self.data_dir.rglob("*") if p.is_file() and p != log)
 
     def start(self) -> SeaweedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
