@@ -32,6 +32,7 @@ from tasks.ingest.inspection import (
     Rejection,
     SlideHeader,
 )
+from tasks.slide_vendors import main_series, slide_vendor, vendor_optics
 
 HEAD_BYTES = 512
 TIFF_MAGIC: dict[bytes, DetectedFormat] = {
@@ -41,7 +42,6 @@ TIFF_MAGIC: dict[bytes, DetectedFormat] = {
     b"MM\0+": "bigtiff",
 }
 RAW_DICOM_GROUPS = frozenset({0x0002, 0x0008})
-MICRONS_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit inch, centimeter
 APERIO_MPP = re.compile(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)")
 
 
@@ -137,7 +137,9 @@ def inspect_slide(
         subifds = tuple(int(offset) for offset in first.subifds or ())
         if any(offset >= size for offset in subifds):
             raise RejectedObject("truncated", "a reduced-resolution level lies past the end")
-        levels: list[Any] = [level.pages for level in tif.series[0].levels]
+        if not tif.series:
+            raise RejectedObject("unreadable", "the TIFF holds no image series")
+        levels: list[Any] = [level.pages for level in main_series(tif).levels]
         for level, pages in enumerate(levels):
             for page in pages:
                 _check_tile_offsets(page, size, level)
@@ -157,8 +159,8 @@ def _slide_header(
         width=int(level0.imagewidth),
         height=int(level0.imagelength),
         levels=len(keyframes),
-        mpp=_slide_mpp(level0, description, is_svs),
-        vendor=_slide_vendor(tif, is_svs),
+        mpp=_slide_mpp(tif, level0, description, is_svs),
+        vendor=slide_vendor(tif),
     )
 
 
@@ -220,28 +222,14 @@ def _check_first_tile(page: Any, stream: BinaryIO, max_decoded_bytes: int) -> No
     stream.seek(int(offsets[index]))
     data = read_up_to(stream, int(counts[index]))
     check_tile_stream(page, data, index)
-    decoded = page.decode(data, index, jpegtables=page.jpegtables)[0]
+    decoded = page.decode(data, index, jpegtables=page.jpegtables, jpegheader=page.jpegheader)[0]
     if decoded is None:
         raise RejectedObject("unreadable", f"tile {index} of level 0 does not decode")
 
 
-def _slide_mpp(page: Any, description: str, is_svs: bool) -> float | None:
-    """Microns per pixel at level 0: Aperio's ``MPP`` field, else the TIFF resolution tags."""
+def _slide_mpp(tif: tifffile.TiffFile, page: Any, description: str, is_svs: bool) -> float | None:
+    """Microns per pixel at level 0: Aperio's ``MPP`` field, else the vendor's metadata (NDPI,
+    SCN, BIF, Philips, QPTIFF), else the TIFF resolution tags."""
     if is_svs and (match := APERIO_MPP.search(description)):
         return float(match.group(1))
-    resolution, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
-    if resolution is None or unit is None or int(unit.value) not in MICRONS_PER_UNIT:
-        return None
-    numerator, denominator = resolution.value
-    if not numerator or not denominator:
-        return None
-    return MICRONS_PER_UNIT[int(unit.value)] * denominator / numerator
-
-
-def _slide_vendor(tif: tifffile.TiffFile, is_svs: bool) -> str:
-    if is_svs:
-        return "aperio"
-    for flag, vendor in (("is_ome", "ome"), ("is_philips", "philips"), ("is_ndpi", "hamamatsu")):
-        if getattr(tif, flag, False):
-            return vendor
-    return "generic"
+    return vendor_optics(tif, page).mpp_x

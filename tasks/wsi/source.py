@@ -1,9 +1,12 @@
-"""Reading whole-slide TIFFs (Aperio SVS, pyramidal TIFF/BigTIFF, OME-TIFF) region by region.
+"""Reading whole-slide TIFFs region by region: Aperio SVS, pyramidal TIFF/BigTIFF, OME-TIFF and
+the vendors' TIFF layouts (Hamamatsu NDPI, Leica SCN, Ventana BIF, Philips TIFF, Akoya QPTIFF;
+:mod:`tasks.slide_vendors` finds their main image and optics).
 
 Only the slide's full-resolution level is read; mira builds its own pyramid from it. A region is
 read by fetching the raw bytes of the tiles (or strips) it touches, in file order, and decoding
 each one: JPEG with libjpeg-turbo directly (``imagecodecs.jpeg8_decode`` with the page's shared
-JPEG tables and the colour space tifffile would use), everything else through tifffile's own
+JPEG tables and the colour space tifffile would use; an NDPI level's segments are its restart
+intervals, decoded behind the strip's JPEG header), everything else through tifffile's own
 segment decoder. Pixels come out in chunks, interleaved as decoded: ``(y, x, channel)``.
 """
 
@@ -25,15 +28,29 @@ from numpy.typing import NDArray
 
 from mira.errors import InvalidInput
 from storage import Store
+from tasks.slide_vendors import (
+    VENDOR_NAMES,
+    main_series,
+    positive,
+    resolution_mpp,
+    slide_vendor,
+    vendor_optics,
+)
 
 Pixels = NDArray[Any]
 JPEG = 7
 SUPPORTED_DTYPES = ("uint8", "uint16")
-MICRONS_PER_UNIT = {2: 25_400.0, 3: 10_000.0}  # TIFF ResolutionUnit: inch, centimetre
 # A remote slide is opened for its tags (scattered small reads); its tiles come by prefetch.
 METADATA_BLOCK_BYTES = 256 * 1024
 MERGE_GAP_BYTES = 64 * 1024  # segments this close in the file are fetched as one range
 RangeFetch = Callable[[list[tuple[int, int]]], list[bytes]]  # (offset, size) ranges -> bytes
+VENDOR_FORMATS = {
+    "hamamatsu": "ndpi",
+    "leica": "scn",
+    "ventana": "bif",
+    "philips": "philips-tiff",
+    "akoya": "qptiff",
+}
 OME_UNITS_IN_MICRONS = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 
 
@@ -44,7 +61,7 @@ class SlideMetadata:
     Aperio descriptions also carry file names, dates, users and scanner ids; none of that is read.
     """
 
-    format: str  # "aperio-svs", "ome-tiff" or "tiff"
+    format: str  # "aperio-svs", "ome-tiff", "tiff", "ndpi", "scn", "bif", "philips-tiff", "qptiff"
     vendor: str | None = None
     objective_power: float | None = None
     mpp_x: float | None = None  # microns per pixel at full resolution
@@ -125,13 +142,15 @@ def shared_slide(store: Store, key: str, etag: str | None) -> Iterator[tifffile.
 
 
 def full_resolution_page(tif: tifffile.TiffFile) -> tifffile.TiffPage:
-    """The page holding the first series' full-resolution image, checked to be convertible."""
+    """The page holding the main image's full resolution (the first series', but for a Leica
+    SCN's macro), checked to be convertible."""
     if not tif.series:
         raise InvalidInput(f"no image series in {tif.filename}")
-    level = tif.series[0].levels[0]
+    level = main_series(tif).levels[0]
     page = level.keyframe
     if len(level.pages) != 1:
-        raise InvalidInput(f"{tif.filename}: multi-plane series are not supported")
+        planes = "multiplexed channels" if slide_vendor(tif) == "akoya" else "multi-plane series"
+        raise InvalidInput(f"{tif.filename}: {planes} are not supported yet")
     if page.dtype is None or page.dtype.name not in SUPPORTED_DTYPES:
         raise InvalidInput(f"{tif.filename}: pixel type {page.dtype} is not supported")
     if page.samplesperpixel not in (1, 3) or (page.samplesperpixel > 1 and page.planarconfig != 1):
@@ -164,7 +183,17 @@ def slide_metadata(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> SlideMeta
         return _aperio_metadata(page.description)
     if tif.is_ome and tif.ome_metadata:
         return _ome_metadata(tif.ome_metadata)
-    mpp_x, mpp_y = _resolution_mpp(page)
+    vendor = slide_vendor(tif)
+    if vendor in VENDOR_FORMATS:
+        optics = vendor_optics(tif, page)
+        return SlideMetadata(
+            VENDOR_FORMATS[vendor],
+            VENDOR_NAMES[vendor],
+            optics.objective,
+            optics.mpp_x,
+            optics.mpp_y,
+        )
+    mpp_x, mpp_y = resolution_mpp(page)
     make = page.tags.valueof(271)  # the TIFF "Make" tag: the scanner's manufacturer
     return SlideMetadata("tiff", str(make).strip() or None if make else None, None, mpp_x, mpp_y)
 
@@ -175,8 +204,8 @@ def _aperio_metadata(description: str) -> SlideMetadata:
         fields = tifffile.tifffile.svs_description_metadata(description)
     except ValueError:
         fields = {}
-    mpp = _positive_float(fields.get("MPP"))
-    return SlideMetadata("aperio-svs", "Aperio", _positive_float(fields.get("AppMag")), mpp, mpp)
+    mpp = positive(fields.get("MPP"))
+    return SlideMetadata("aperio-svs", "Aperio", positive(fields.get("AppMag")), mpp, mpp)
 
 
 def _ome_metadata(xml: str) -> SlideMetadata:
@@ -193,7 +222,7 @@ def _ome_metadata(xml: str) -> SlideMetadata:
     objective = next(root.iter(_ome_tag(root, "Objective")), None)
     power = vendor = None
     if objective is not None:
-        power = _positive_float(objective.get("NominalMagnification"))
+        power = positive(objective.get("NominalMagnification"))
         vendor = objective.get("Manufacturer") or None
     return SlideMetadata("ome-tiff", vendor, power, mpp_x, mpp_y or mpp_x)
 
@@ -204,33 +233,9 @@ def _ome_tag(root: ET.Element, name: str) -> str:
 
 
 def _ome_size(value: str | None, unit: str | None) -> float | None:
-    size = _positive_float(value)
+    size = positive(value)
     factor = OME_UNITS_IN_MICRONS.get(unit or "µm")
     return size * factor if size is not None and factor is not None else None
-
-
-def _resolution_mpp(page: tifffile.TiffPage) -> tuple[float | None, float | None]:
-    """Microns per pixel from X/YResolution, only when the unit is physical (inch or cm)."""
-    microns = MICRONS_PER_UNIT.get(int(page.tags.valueof(296, 2)))
-    if microns is None:
-        return None, None
-    mpp = []
-    for tag in (282, 283):
-        value = page.tags.valueof(tag)
-        ratio = value[0] / value[1] if isinstance(value, tuple) and value[1] else value
-        mpp.append(microns / float(ratio) if ratio else None)
-    # tifffile writes 1 pixel/inch when no resolution is given: not a real measurement.
-    if mpp[0] is not None and mpp[0] >= microns:
-        return None, None
-    return mpp[0], mpp[1]
-
-
-def _positive_float(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) and number > 0 else None
 
 
 class RegionReader:
@@ -440,8 +445,10 @@ def _jpeg_decoder(
     The colour space follows tifffile: Aperio writes RGB JPEG without a JFIF marker, which must be
     decoded as RGB (not YCbCr) to match what every other reader shows.
     """
+    header = page.jpegheader  # NDPI: SOI..SOS of the strip, sized to one restart interval
+    jfif = page.is_jfif or (header is not None and b"JFIF" in header[:32])
     colorspace, outcolorspace = tifffile.tifffile.jpeg_decode_colorspace(
-        page.photometric, page.planarconfig, page.extrasamples, page.is_jfif
+        page.photometric, page.planarconfig, page.extrasamples, jfif
     )
     shape = (geometry.segment_height, geometry.segment_width, geometry.samples)
     tables = page.jpegtables
@@ -451,6 +458,8 @@ def _jpeg_decoder(
         if not hasattr(buffers, "tile"):
             buffers.tile = np.empty(shape, np.uint8)
         out = buffers.tile if geometry.samples == 3 else buffers.tile[..., 0]
+        if header is not None:
+            data = header + data
         try:
             pixels = imagecodecs.jpeg8_decode(
                 data, tables=tables, colorspace=colorspace, outcolorspace=outcolorspace, out=out

@@ -1,0 +1,262 @@
+"""Small slides in each scanner vendor's TIFF layout, with the vendor's real tag and description
+structure (so tifffile flags them as that vendor) and identifiers planted where the vendor puts them.
+
+- NDPI (Hamamatsu): written by ``tasks.sample.ndpi`` (64-bit offsets, restart-marker JPEG strips,
+  McuStarts, tags 65420+, a macro with Magnification -1).
+- SCN (Leica): BigTIFF, the first page's description the SCN XML (collection, macro image covering
+  the collection, main image with levels by IFD), barcode and creation dates in the XML.
+- BIF (Ventana): ``Label_Image`` and ``Thumbnail`` pages, levels described ``level=N mag=M
+  quality=Q``, XMP ``iScan`` (ScanRes, Magnification, barcode, dates, unit number).
+- Philips TIFF: software ``Philips DP v1.0``, DICOM-in-XML description with one
+  ``DICOM_PIXEL_SPACING`` per level, ``Macro`` and ``Label`` pages, dates and barcode in the XML.
+- QPTIFF (Akoya/PerkinElmer): software ``PerkinElmer-QPI``, an XML description per page
+  (``ImageType``, channel ``Name``, ``Objective``, ``SlideID``, ``Barcode``, computer name,
+  scan-profile path), full resolution, thumbnail, reduced resolution, overview and label.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+from numpy.typing import NDArray
+
+from tasks.sample.ndpi import NdpiIdentity, NdpiSlide, write_ndpi
+from tests.slides import slide_pixels
+
+Pixels = NDArray[np.uint8]
+HEIGHT, WIDTH, TILE = 512, 768, 256
+MPP = 0.2527
+# Planted identifiers: none of these may survive de-identification anywhere in the output.
+NAME = "DOE^JOHN"
+CASE = "S24-01234"
+BARCODE = "BC-993217"
+SERIAL = "SN-770122"
+COMPUTER = "PATHLAB-WS07"
+PATH = r"C:\Scans\DOE_JOHN\S24-01234"
+DATE_ISO = "2024-03-14T09:26:53"
+PLANTED = ("DOE", "JOHN", "S24-01234", "993217", "770122", "PATHLAB", "2024-03-14", "20240314")
+
+
+def pyramid(height: int = HEIGHT, width: int = WIDTH, factor: int = 4) -> list[Pixels]:
+    """Level 0 and one reduction by ``factor`` (point-sampled)."""
+    full = slide_pixels(height, width)
+    return [full, np.ascontiguousarray(full[::factor, ::factor])]
+
+
+def glass(height: int, width: int, shade: int = 210) -> Pixels:
+    """A label or macro photograph (its contents do not matter: it must go)."""
+    image = np.full((height, width, 3), shade, np.uint8)
+    image[height // 4 : height // 2, width // 8 : width // 2] = 20  # "printed text"
+    return image
+
+
+def _tiled(**extra: Any) -> dict[str, Any]:
+    return {"tile": (TILE, TILE), "photometric": "rgb", "compression": "jpeg", **extra}
+
+
+def write_ndpi_slide(path: Path) -> Path:
+    identity = NdpiIdentity(
+        slide_label=f"{CASE} {NAME}",
+        serial_number=SERIAL,
+        reference=PATH,
+    )
+    return write_ndpi(
+        path, NdpiSlide(tuple(pyramid()), glass(96, 288), MPP, 20.0, identity=identity)
+    )
+
+
+def scn_xml(levels: list[Pixels], macro: Pixels) -> str:
+    """The SCN XML: a 25 x 75 mm collection, a macro image over all of it, the main image."""
+    glass_nm = (25_000_000, 75_000_000)
+    view = (round(WIDTH * MPP * 1000), round(HEIGHT * MPP * 1000))
+    dims = "".join(
+        f'<dimension sizeX="{lv.shape[1]}" sizeY="{lv.shape[0]}" r="{r}" ifd="{r + 1}"/>'
+        for r, lv in enumerate(levels)
+    )
+    barcode = base64.b64encode(BARCODE.encode()).decode()
+    device = '<device model="Leica SCN400;Leica SCN" version="1.5.1.10804 2012/05/10 13:29:07"/>'
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        '<scn xmlns="http://www.leica-microsystems.com/scn/2010/10/01">'
+        f'<collection name="{CASE}_{NAME}" uuid="urn:uuid:5b0e2a5c-7f0c-4b7e-9a5e-3f1d2c4b5a69" '
+        f'sizeX="{glass_nm[0]}" sizeY="{glass_nm[1]}"><barcode>{barcode}</barcode>'
+        f'<image name="macro" uuid="urn:uuid:1f7e2d8a-3c4b-4a59-8e6f-0a1b2c3d4e5f">'
+        f"<creationDate>{DATE_ISO}.00Z</creationDate>{device}"
+        f'<pixels sizeX="{macro.shape[1]}" sizeY="{macro.shape[0]}">'
+        f'<dimension sizeX="{macro.shape[1]}" sizeY="{macro.shape[0]}" r="0" ifd="0"/></pixels>'
+        f'<view sizeX="{glass_nm[0]}" sizeY="{glass_nm[1]}" offsetX="0" offsetY="0"/>'
+        "<scanSettings><objectiveSettings><objective>1.25</objective></objectiveSettings>"
+        "</scanSettings></image>"
+        f'<image name="{CASE} {NAME}" uuid="urn:uuid:2a8f3e9b-4d5c-4b6a-9f70-1b2c3d4e5f60">'
+        f"<creationDate>{DATE_ISO}.00Z</creationDate>{device}"
+        f'<pixels sizeX="{WIDTH}" sizeY="{HEIGHT}">{dims}</pixels>'
+        f'<view sizeX="{view[0]}" sizeY="{view[1]}" offsetX="6000000" offsetY="30000000" '
+        'spacingZ="0"/>'
+        "<scanSettings><objectiveSettings><objective>20</objective></objectiveSettings>"
+        "<illuminationSettings><numericalAperture>0.4</numericalAperture>"
+        "<illuminationSource>brightfield</illuminationSource></illuminationSettings>"
+        "</scanSettings></image></collection></scn>"
+    )
+
+
+def write_scn_slide(path: Path) -> Path:
+    levels, macro = pyramid(), glass(512, 256)
+    with tifffile.TiffWriter(path, bigtiff=True) as writer:
+        writer.write(macro, description=scn_xml(levels, macro), metadata=None, **_tiled())
+        for level in levels:
+            writer.write(level, metadata=None, software=False, **_tiled())
+    return path
+
+
+def bif_xmp_iscan() -> str:
+    return (
+        "<iScan "
+        f'BarCode1D="{BARCODE}" ScanRes="{MPP}" Magnification="20" ScannerModel="VENTANA DP 200" '
+        f'UnitNumber="{SERIAL}" ScanDate="{DATE_ISO}" SlideAnnotation="{CASE} {NAME}" '
+        f'UserName="{COMPUTER}" Source="{PATH}" BuildVersion="1.1.0.15854"/>'
+    )
+
+
+def bif_xmp(level0: bool) -> bytes:
+    """The XMP packet: ``iScan`` in a ``Metadata`` root, with ``EncodeInfo`` on level 0."""
+    encode = bif_xmp_encode() if level0 else ""
+    return f'<?xml version="1.0" encoding="utf-8"?><Metadata>{bif_xmp_iscan()}{encode}</Metadata>'.encode()
+
+
+def bif_xmp_encode() -> str:
+    return (
+        '<EncodeInfo Ver="2"><SlideInfo><AoiInfo XIMAGESIZE="256" YIMAGESIZE="256" NumRows="2" '
+        'NumCols="3" Pos-X="0" Pos-Y="0"/><TileJointInfo FlagJoined="1" Direction="RIGHT" '
+        'Tile1="1" Tile2="2" OverlapX="0" OverlapY="0"/></SlideInfo>'
+        f'<ImageInfo Source="{PATH}"/></EncodeInfo>'
+    )
+
+
+def write_bif_slide(path: Path) -> Path:
+    software = "ScanOutputManager 1.1.0.15854"
+    iscan: Any = [(700, "B", 0, bif_xmp(False), True)]
+    with tifffile.TiffWriter(path, bigtiff=True) as writer:
+        writer.write(
+            glass(96, 288), description="Label_Image", software=software, metadata=None,
+            extratags=iscan, photometric="rgb",
+        )  # fmt: skip
+        writer.write(
+            glass(64, 192, 180), description="Thumbnail", software=software, metadata=None,
+            photometric="rgb",
+        )  # fmt: skip
+        for r, level in enumerate(pyramid()):
+            tags: Any = [(700, "B", 0, bif_xmp(True), True)] if r == 0 else []
+            writer.write(
+                level, description=f"level={r} mag={20 // 4**r} quality=95", software=software,
+                metadata=None, extratags=tags, subfiletype=1 if r else 0, **_tiled(),
+            )  # fmt: skip
+    return path
+
+
+def philips_xml(levels: list[Pixels]) -> str:
+    def attribute(name: str, value: str, kind: str = "IString") -> str:
+        return f'<Attribute Name="{name}" Group="0x0000" Element="0x0000" PMSVR="{kind}">{value}</Attribute>'
+
+    spacing = "".join(
+        '<DataObject ObjectType="PixelDataRepresentation">'
+        + attribute("DICOM_PIXEL_SPACING", f'"{MPP / 1000 * 4**r:.9f}" "{MPP / 1000 * 4**r:.9f}"', "IDoubleArray")
+        + attribute("PIIM_PIXEL_DATA_REPRESENTATION_NUMBER", str(r), "IUInt32")
+        + "</DataObject>"
+        for r in range(len(levels))
+    )  # fmt: skip
+    return (
+        '<?xml version="1.0" encoding="UTF-8" ?>\n<DataObject ObjectType="DPUfsImport">'
+        + attribute("DICOM_MANUFACTURER", "PHILIPS")
+        + attribute("DICOM_ACQUISITION_DATETIME", "20240314092653.000000")
+        + attribute("DICOM_DEVICE_SERIAL_NUMBER", SERIAL)
+        + attribute("PIM_DP_UFS_BARCODE", base64.b64encode(BARCODE.encode()).decode())
+        + attribute("PIM_DP_SOURCE_FILE", PATH)
+        + attribute("DICOM_PATIENT_NAME", NAME)
+        + '<Attribute Name="PIM_DP_SCANNED_IMAGES" Group="0x301D" Element="0x1003" '
+        'PMSVR="IDataObjectArray"><Array><DataObject ObjectType="DPScannedImage">'
+        + attribute("PIM_DP_IMAGE_TYPE", "WSI")
+        + '<Attribute Name="PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE" Group="0x1001" '
+        f'Element="0x8B01" PMSVR="IDataObjectArray"><Array>{spacing}</Array></Attribute>'
+        "</DataObject></Array></Attribute></DataObject>"
+    )
+
+
+def write_philips_slide(path: Path) -> Path:
+    levels = pyramid()
+    software = "Philips DP v1.0"
+    with tifffile.TiffWriter(path, bigtiff=True) as writer:
+        writer.write(
+            levels[0], description=philips_xml(levels), software=software, metadata=None,
+            **_tiled(),
+        )  # fmt: skip
+        writer.write(levels[1], software=software, metadata=None, subfiletype=1, **_tiled())
+        for name in ("Macro", "Label"):
+            writer.write(
+                glass(96, 288), description=f"{name}\n{NAME} {CASE}", software=software,
+                metadata=None, photometric="rgb", compression="jpeg",
+            )  # fmt: skip
+    return path
+
+
+def qpi_xml(kind: str, name: str = "RGB") -> str:
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\r\n<PerkinElmer-QPI-ImageDescription>'
+        "<DescriptionVersion>2</DescriptionVersion>"
+        "<AcquisitionSoftware>PerkinElmer-QPI</AcquisitionSoftware>"
+        f"<ImageType>{kind}</ImageType><Identifier>{CASE}_{NAME}</Identifier>"
+        f"<SlideID>{CASE}</SlideID><Barcode>{BARCODE}</Barcode>"
+        f"<ComputerName>{COMPUTER}</ComputerName><IsUnmixedComponent>False</IsUnmixedComponent>"
+        f"<Name>{name}</Name><Color>255,255,255</Color><Objective>20x</Objective>"
+        f"<ScanProfile>{PATH}\\profile.xml</ScanProfile>"
+        f"<ValidationCode>{DATE_ISO}</ValidationCode></PerkinElmer-QPI-ImageDescription>"
+    )
+
+
+def write_qptiff_slide(path: Path) -> Path:
+    """A brightfield QPTIFF: one RGB page per level, as Akoya's Vectra Polaris writes H&E."""
+    levels = pyramid(factor=2)
+    resolution: dict[str, Any] = {"resolutionunit": "CENTIMETER"}
+    software = "PerkinElmer-QPI"
+
+    def write(image: Pixels, kind: str, step: int, tiled: bool = True) -> None:
+        per_cm = 1e4 / (MPP * step)
+        layout = _tiled() if tiled else {"photometric": "rgb", "compression": "jpeg"}
+        writer.write(
+            image, description=qpi_xml(kind), software=software, metadata=None,
+            resolution=(per_cm, per_cm), **resolution, **layout,
+        )  # fmt: skip
+
+    with tifffile.TiffWriter(path, bigtiff=True) as writer:
+        write(levels[0], "FullResolution", 1)
+        write(glass(64, 96, 230), "Thumbnail", 8, tiled=False)
+        write(levels[1], "ReducedResolution", 2)
+        write(glass(96, 288), "Overview", 32, tiled=False)
+        write(glass(96, 96, 240), "Label", 32, tiled=False)
+    return path
+
+
+VENDOR_WRITERS: dict[str, Callable[[Path], Path]] = {
+    "hamamatsu": write_ndpi_slide,
+    "leica": write_scn_slide,
+    "ventana": write_bif_slide,
+    "philips": write_philips_slide,
+    "akoya": write_qptiff_slide,
+}
+SUFFIXES = {
+    "hamamatsu": ".ndpi",
+    "leica": ".scn",
+    "ventana": ".bif",
+    "philips": ".tiff",
+    "akoya": ".qptiff",
+}
+OBJECTIVES = {"hamamatsu": 20.0, "leica": 20.0, "ventana": 20.0, "philips": None, "akoya": 20.0}
+
+
+def write_vendor_slide(vendor: str, folder: Path) -> Path:
+    """Write the ``vendor`` slide into ``folder``, named as that scanner names its files."""
+    return VENDOR_WRITERS[vendor](folder / f"{vendor}{SUFFIXES[vendor]}")
