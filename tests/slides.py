@@ -197,3 +197,201 @@ def _write_subifd_pyramid(
             **common,
             metadata=None if kind != "ome" else {},
         )
+
+
+# DICOM whole-slide images: a VL Whole Slide Microscopy series written with pydicom.
+DicomCodec = Literal["jpeg", "jpeg-ybr", "jpeg2000", "jpegls", "none"]
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+DICOM_TRANSFER_SYNTAXES: dict[str, str] = {
+    "jpeg": "1.2.840.10008.1.2.4.50",
+    "jpeg-ybr": "1.2.840.10008.1.2.4.50",
+    "jpeg2000": "1.2.840.10008.1.2.4.90",
+    "jpegls": "1.2.840.10008.1.2.4.80",
+    "none": "1.2.840.10008.1.2.1",
+}
+DICOM_PATIENT = {
+    "PatientName": "DOE^JOHN",
+    "PatientID": "MRN-4455-DICOM",
+    "AccessionNumber": "S24-1984",
+}
+
+
+def write_dicom_wsi(
+    folder: Path,
+    height: int,
+    width: int,
+    *,
+    codec: DicomCodec = "jpeg",
+    tile: int = 128,
+    levels: int = 2,
+    sparse: bool = False,
+    parts: int = 1,
+    skip_tiles: tuple[int, ...] = (),
+    associated: tuple[str, ...] = ("LABEL", "OVERVIEW"),
+    mpp: float = 0.25,
+    seed: int = 0,
+) -> list[Path]:
+    """Write a slide as DICOM WSI instances in ``folder``: one per level (level 0 split into
+    ``parts`` concatenation parts), each level 2x smaller, plus the ``associated`` images.
+
+    ``sparse`` writes TILED_SPARSE frames with their positions; ``skip_tiles`` leaves those
+    level-0 tiles out (sparse: absent tiles; full: a frame missing, so the level is incomplete).
+    """
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    uids = {
+        "study": str(generate_uid()),
+        "series": str(generate_uid()),
+        "frame": str(generate_uid()),
+    }
+    paths = []
+    for level in range(levels):
+        factor = 2**level
+        shape = (-(-height // factor), -(-width // factor))
+        tiles = list(_dicom_tiles(shape, tile, seed, factor))
+        if level == 0:
+            tiles = [t for t in tiles if t[0] not in skip_tiles]
+        count = parts if level == 0 else 1
+        concatenation = str(generate_uid()) if count > 1 else ""
+        cuts = [len(tiles) * k // count for k in range(count + 1)]
+        for number in range(count):
+            chosen = tiles[cuts[number] : cuts[number + 1]]
+            ds = _wsi_dataset(uids, "VOLUME", shape, tile, codec, mpp * factor, height * mpp)
+            ds.NumberOfFrames = len(chosen)
+            ds.DimensionOrganizationType = "TILED_SPARSE" if sparse else "TILED_FULL"
+            if sparse:
+                ds.PerFrameFunctionalGroupsSequence = [
+                    _frame_position(top, left) for _, top, left, _ in chosen
+                ]
+            if concatenation:
+                ds.ConcatenationUID = concatenation
+                ds.InConcatenationNumber = number + 1
+                ds.InConcatenationTotalNumber = count
+                ds.ConcatenationFrameOffsetNumber = cuts[number]
+                ds.SOPInstanceUIDOfConcatenationSource = generate_uid()
+            _set_frames(ds, [pixels for *_, pixels in chosen], codec)
+            path = folder / f"level{level}-{number}.dcm"
+            pydicom.dcmwrite(path, ds, enforce_file_format=True)
+            paths.append(path)
+    for flavour in associated:
+        image = np.full((96, 160, 3), 250, np.uint8)
+        image[30:60, 20:140] = 20  # a dark bar where a label prints its barcode and name
+        ds = _wsi_dataset(uids, flavour, image.shape[:2], 0, codec, None, None)
+        ds.NumberOfFrames = 1
+        ds.DimensionOrganizationType = "TILED_FULL"
+        _set_frames(ds, [image], codec)
+        path = folder / f"{flavour.lower()}.dcm"
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def dicom_wsi_pixels(height: int, width: int, tile: int = 128, seed: int = 0) -> Pixels:
+    """Level 0 of ``write_dicom_wsi``'s slide as written by a lossless codec."""
+    return slide_pixels(height, width, seed=seed, tile=tile)
+
+
+def _dicom_tiles(
+    shape: tuple[int, int], tile: int, seed: int, factor: int
+) -> Iterator[tuple[int, int, int, Pixels]]:
+    """(index, top, left, padded tile) of one level, row by row."""
+    height, width = shape
+    index = 0
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            h, w = min(tile, height - top), min(tile, width - left)
+            padded = np.zeros((tile, tile, 3), np.uint8)
+            if factor == 1:
+                padded[:h, :w] = tile_pixels(top, left, h, w, seed)
+            else:
+                padded[:h, :w] = tile_pixels(top * factor, left * factor, h, w, seed, factor)
+            yield index, top, left, padded
+            index += 1
+
+
+def _wsi_dataset(
+    uids: dict[str, str],
+    flavour: str,
+    shape: tuple[int, int],
+    tile: int,
+    codec: DicomCodec,
+    mpp: float | None,
+    height_um: float | None,
+) -> Any:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import UID, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = UID(DICOM_TRANSFER_SYNTAXES[codec])
+    ds.SOPClassUID = WSI_SOP_CLASS
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uids["study"], uids["series"]
+    ds.FrameOfReferenceUID = uids["frame"]
+    ds.Modality = "SM"
+    ds.Manufacturer = "mira test scanner"
+    ds.StudyDate, ds.ContentDate = "20240314", "20240314"
+    ds.ContainerIdentifier = DICOM_PATIENT["AccessionNumber"]
+    for keyword, value in DICOM_PATIENT.items():
+        setattr(ds, keyword, value)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", flavour, "NONE"]
+    ds.BurnedInAnnotation = "YES" if flavour in ("LABEL", "OVERVIEW") else "NO"
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "YBR_FULL_422" if codec == "jpeg-ybr" else "RGB"
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = shape
+    ds.Rows, ds.Columns = (tile, tile) if tile else shape
+    ds.TotalPixelMatrixFocalPlanes = 1
+    ds.NumberOfOpticalPaths = 1
+    ds.SpecimenLabelInImage = "YES" if flavour in ("LABEL", "OVERVIEW") else "NO"
+    if mpp is not None and height_um is not None:
+        spacing = mpp / 1000.0
+        ds.ImagedVolumeWidth = shape[1] * spacing
+        ds.ImagedVolumeHeight = shape[0] * spacing
+        measures = Dataset()
+        measures.PixelSpacing = [spacing, spacing]
+        measures.SliceThickness = 0.001
+        shared = Dataset()
+        shared.PixelMeasuresSequence = [measures]
+        ds.SharedFunctionalGroupsSequence = [shared]
+    return ds
+
+
+def _frame_position(top: int, left: int) -> Any:
+    from pydicom.dataset import Dataset
+
+    plane = Dataset()
+    plane.RowPositionInTotalImagePixelMatrix = top + 1
+    plane.ColumnPositionInTotalImagePixelMatrix = left + 1
+    plane.XOffsetInSlideCoordinateSystem = 0.0
+    plane.YOffsetInSlideCoordinateSystem = 0.0
+    plane.ZOffsetInSlideCoordinateSystem = 0.0
+    item = Dataset()
+    item.PlanePositionSlideSequence = [plane]
+    return item
+
+
+def _set_frames(ds: Any, frames: list[Pixels], codec: DicomCodec) -> None:
+    """Pixel Data: frames concatenated (uncompressed) or encapsulated, one fragment each."""
+    import imagecodecs
+    from pydicom.encaps import encapsulate
+
+    if codec == "none":
+        ds.PixelData = b"".join(frame.tobytes() for frame in frames)
+        return
+    encoded: list[bytes | bytearray] = []
+    for frame in frames:
+        if codec == "jpeg":  # components stored as R, G, B (no colour transform)
+            encoded.append(imagecodecs.jpeg8_encode(frame, level=90, outcolorspace="RGB"))
+        elif codec == "jpeg-ybr":
+            encoded.append(imagecodecs.jpeg8_encode(frame, level=90, subsampling="422"))
+        elif codec == "jpeg2000":
+            encoded.append(imagecodecs.jpeg2k_encode(frame, level=0, codecformat="J2K"))
+        else:
+            encoded.append(imagecodecs.jpegls_encode(frame, level=0))
+    ds.PixelData = encapsulate([bytes(frame) for frame in encoded], has_bot=True)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True

@@ -1,0 +1,193 @@
+"""DICOM whole-slide images: a VL Whole Slide Microscopy series read, checked and converted.
+
+The real case is the CMU Aperio slide made into DICOM by wsidicomizer (``make fixtures``): its
+frames are the SVS tiles' JPEG streams, so mira's pyramid of it must equal mira's pyramid of the
+SVS pixel for pixel. The generated cases (pydicom, ``tests/slides.py``) cover what that one file
+does not: TILED_SPARSE, JPEG 2000, JPEG-LS, uncompressed and YBR JPEG frames, a concatenated level
+0, and series that are not complete slides.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+import zarr
+from wsidicom import WsiDicom
+
+from mira.errors import InvalidInput
+from storage import open_store
+from tasks.ingest import WsiInstance, check_wsi_series, read_wsi_instance
+from tasks.wsi import ConvertOptions, convert_slide
+from tests.slides import dicom_wsi_pixels, write_dicom_wsi
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REAL_SVS = FIXTURES / "cmu_small_region.svs"
+REAL_DICOM = FIXTURES / "cmu_small_region_dicom"
+HEIGHT, WIDTH, TILE = 300, 420, 128
+OPTIONS = ConvertOptions(chunk=128, shard=256, min_level_side=128, workers=2)
+
+
+def _real_fixtures() -> None:
+    if not REAL_SVS.exists() or not any(REAL_DICOM.glob("*.dcm")):
+        pytest.skip("tests/fixtures/cmu_small_region_dicom is missing: run `make fixtures`")
+
+
+class Pyramid:
+    """A converted pyramid's levels (``(c, y, x)`` arrays) and root attributes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.attrs: dict[str, Any] = json.loads((path / "zarr.json").read_text())["attributes"]
+
+    def __getitem__(self, level: str) -> np.ndarray:
+        return np.asarray(zarr.open_array(str(self.path / level), mode="r")[:])
+
+
+def _convert(folder: Path, key: str, out: Path, options: ConvertOptions = OPTIONS) -> Pyramid:
+    result = convert_slide(open_store(folder), key, open_store(out), "p.ome.zarr", options)
+    assert not result.skipped
+    return Pyramid(out / "p.ome.zarr")
+
+
+def _level0(pyramid: Pyramid) -> np.ndarray:
+    return np.moveaxis(pyramid["0"], 0, -1)
+
+
+def test_real_dicom_wsi_pyramid_equals_the_svs_pyramid(tmp_path: Path) -> None:
+    _real_fixtures()
+    options = ConvertOptions(chunk=256, shard=1024, workers=2)
+    from_dicom = _convert(FIXTURES, REAL_DICOM.name, tmp_path / "dicom", options)
+    from_svs = _convert(FIXTURES, REAL_SVS.name, tmp_path / "svs", options)
+    assert from_dicom["0"].shape == from_svs["0"].shape == (3, 2967, 2220)
+    for level in ("0", "1", "2"):
+        assert np.array_equal(from_dicom[level], from_svs[level]), level
+    mira = from_dicom.attrs["mira"]
+    assert mira["slide"]["format"] == "dicom-wsi"
+    assert mira["slide"]["mpp_x"] == pytest.approx(0.499)  # PixelSpacing 0.000499 mm
+    scale = from_dicom.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    assert scale[0]["scale"][1:] == pytest.approx([0.499, 0.499])
+
+
+def test_real_dicom_wsi_passthrough_keeps_the_frames_as_scanned(tmp_path: Path) -> None:
+    _real_fixtures()
+    options = ConvertOptions(codec="jpeg", shard=960, workers=2)
+    group = _convert(FIXTURES, REAL_DICOM.name, tmp_path / "jpeg", options)
+    lossless = _convert(FIXTURES, REAL_SVS.name, tmp_path / "svs", ConvertOptions(workers=2))
+    assert np.array_equal(group["0"], lossless["0"])
+    volume = next(
+        path
+        for path in REAL_DICOM.glob("*.dcm")
+        if "VOLUME" in pydicom.dcmread(path, stop_before_pixels=True).ImageType
+    )
+    with volume.open("rb") as stream:
+        _, spans = read_wsi_instance(stream)
+    data = volume.read_bytes()
+    first_frame = b"".join(data[offset : offset + size] for offset, size in spans[0])
+    # the shard's first chunk is tile (0, 0): its stored bytes are the frame, unchanged
+    shard = (tmp_path / "jpeg" / "p.ome.zarr" / "0" / "c" / "0" / "0" / "0").read_bytes()
+    assert first_frame in shard
+
+
+@pytest.mark.parametrize("codec", ["jpeg2000", "jpegls", "none"])
+def test_lossless_frames_convert_to_the_written_pixels(tmp_path: Path, codec: str) -> None:
+    write_dicom_wsi(tmp_path / "s", HEIGHT, WIDTH, codec=codec, tile=TILE)  # type: ignore[arg-type]
+    group = _convert(tmp_path, "s", tmp_path / "out")
+    assert np.array_equal(_level0(group), dicom_wsi_pixels(HEIGHT, WIDTH, TILE))
+    assert group.attrs["mira"]["slide"]["mpp_x"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "jpeg-ybr"])
+def test_jpeg_frames_decode_as_wsidicom_reads_them(tmp_path: Path, codec: str) -> None:
+    write_dicom_wsi(tmp_path / "s", HEIGHT, WIDTH, codec=codec, tile=TILE)  # type: ignore[arg-type]
+    group = _convert(tmp_path, "s", tmp_path / "out")
+    with WsiDicom.open(tmp_path / "s") as wsi:
+        theirs = np.asarray(wsi.read_region((0, 0), 0, (WIDTH, HEIGHT)).convert("RGB"))
+    mine = _level0(group)
+    assert mine.shape == theirs.shape
+    # libjpeg-turbo both times; wsidicom may take another IDCT or upsampling path
+    assert np.abs(mine.astype(int) - theirs.astype(int)).max() <= 2
+    truth = dicom_wsi_pixels(HEIGHT, WIDTH, TILE)
+    # lossy (chroma subsampled for YBR), but a wrong colour space would be off by tens
+    assert np.abs(mine.astype(int) - truth.astype(int)).mean() < 8
+
+
+def test_tiled_sparse_places_each_frame_and_leaves_absent_tiles_zero(tmp_path: Path) -> None:
+    write_dicom_wsi(
+        tmp_path / "s", HEIGHT, WIDTH, codec="none", tile=TILE, sparse=True, skip_tiles=(1, 5)
+    )
+    group = _convert(tmp_path, "s", tmp_path / "out")
+    expected = dicom_wsi_pixels(HEIGHT, WIDTH, TILE)
+    across = -(-WIDTH // TILE)
+    for tile in (1, 5):
+        top, left = (tile // across) * TILE, (tile % across) * TILE
+        expected[top : top + TILE, left : left + TILE] = 0
+    assert np.array_equal(_level0(group), expected)
+
+
+def test_a_concatenated_level_reads_as_one(tmp_path: Path) -> None:
+    write_dicom_wsi(tmp_path / "s", HEIGHT, WIDTH, codec="jpegls", tile=TILE, parts=3)
+    group = _convert(tmp_path, "s", tmp_path / "out")
+    assert np.array_equal(_level0(group), dicom_wsi_pixels(HEIGHT, WIDTH, TILE))
+
+
+def test_a_rerun_with_the_same_series_is_skipped(tmp_path: Path) -> None:
+    write_dicom_wsi(tmp_path / "s", HEIGHT, WIDTH, codec="jpeg2000", tile=TILE)
+    _convert(tmp_path, "s", tmp_path / "out")
+    again = convert_slide(
+        open_store(tmp_path), "s", open_store(tmp_path / "out"), "p.ome.zarr", OPTIONS
+    )
+    assert again.skipped
+
+
+def _records(folder: Path) -> list[WsiInstance]:
+    records = []
+    for path in sorted(folder.glob("*.dcm")):
+        with path.open("rb") as stream:
+            records.append(read_wsi_instance(stream)[0])
+    return records
+
+
+def test_a_complete_series_is_one_slide_with_its_levels(tmp_path: Path) -> None:
+    write_dicom_wsi(tmp_path / "s", HEIGHT, WIDTH, tile=TILE, levels=3, parts=2)
+    series = check_wsi_series(_records(tmp_path / "s"))
+    assert [level.first.total_columns for level in series.levels] == [420, 210, 105]
+    assert len(series.levels[0].instances) == 2
+    assert sorted(other.flavour for other in series.others) == ["LABEL", "OVERVIEW"]
+
+
+def test_a_missing_frame_is_an_incomplete_slide(tmp_path: Path) -> None:
+    write_dicom_wsi(tmp_path / "s", HEIGHT, WIDTH, tile=TILE, skip_tiles=(4,))
+    with pytest.raises(InvalidInput, match="has 11 frames where its 4x3 tiles need 12") as err:
+        check_wsi_series(_records(tmp_path / "s"))
+    assert err.value.rejection.reason == "incomplete-slide"  # type: ignore[attr-defined]
+    with pytest.raises(InvalidInput, match="11 frames where"):
+        convert_slide(open_store(tmp_path), "s", open_store(tmp_path / "o"), "p.ome.zarr", OPTIONS)
+
+
+def test_a_missing_concatenation_part_is_an_incomplete_slide(tmp_path: Path) -> None:
+    write_dicom_wsi(tmp_path / "s", HEIGHT, WIDTH, tile=TILE, parts=3)
+    (tmp_path / "s" / "level0-1.dcm").unlink()
+    with pytest.raises(InvalidInput, match="concatenation parts 1, 3 of 3"):
+        check_wsi_series(_records(tmp_path / "s"))
+
+
+def test_a_series_without_a_volume_level_is_not_a_slide(tmp_path: Path) -> None:
+    write_dicom_wsi(tmp_path / "s", HEIGHT, WIDTH, tile=TILE)
+    for path in (tmp_path / "s").glob("level*.dcm"):
+        path.unlink()
+    with pytest.raises(InvalidInput, match="no VOLUME"):
+        check_wsi_series(_records(tmp_path / "s"))
+
+
+def test_a_truncated_frame_is_refused(tmp_path: Path) -> None:
+    (path, *_) = write_dicom_wsi(tmp_path / "s", HEIGHT, WIDTH, tile=TILE, associated=())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 3000])
+    with pytest.raises(InvalidInput) as err, path.open("rb") as stream:
+        read_wsi_instance(stream)
+    assert err.value.rejection.reason == "truncated"  # type: ignore[attr-defined]
