@@ -1,4 +1,4 @@
-"""Stage 2: de-identify an ingested batch; publish it whole to the research store, or nothing."""
+"""Stage 2: de-identify an ingested batch; publish what is clean, hold the rest for review."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from flows.params import StoreParams
 from flows.reporting import publish_summary, run_name
 from flows.retry import RETRY_POLICY
 from mira.settings import Settings
-from tasks.deid import DeidStageResult, deidentify_batch, policy_for
+from tasks.deid import DeidStageResult, deidentify_batch, held_summary, policy_for
 from tasks.ingest import gateway_names_hidden
 
 
@@ -30,7 +30,8 @@ def deidentify_batch_task(settings: Settings, batch: str) -> DeidStageResult:
 
 @flow(name="deidentify", flow_run_name=run_name("deidentify"), log_prints=False)
 def deidentify(batch: str, stores: StoreParams | None = None) -> DeidStageResult:
-    """De-identify ingested batch ``batch`` into the research store; fails on any PHI hit.
+    """De-identify ingested batch ``batch`` into the research store; a file whose output the
+    scan flags is held as phi-suspect for review (`mira quarantine`), the rest is published.
 
     Args:
         batch: The drop-zone batch: its folder name under ``dropzone/`` on the gateway.
@@ -39,12 +40,13 @@ def deidentify(batch: str, stores: StoreParams | None = None) -> DeidStageResult
     settings = (stores or StoreParams()).settings()
     result = deidentify_batch_task(settings, batch)
     get_run_logger().info(
-        "batch %s: %d instances, %d slides de-identified, %d scrubbed, quarantined %s%s",
+        "batch %s: %d instances, %d slides de-identified, %d scrubbed, %d duplicates, %s%s",
         batch,
         result.instances,
         result.slides,
         result.scrubbed,
-        result.quarantined or "none",
+        result.duplicates,
+        held_summary(result.quarantined, result.files),
         " (done before)" if result.already_done else "",
     )
     publish_summary(
@@ -55,6 +57,8 @@ def deidentify(batch: str, stores: StoreParams | None = None) -> DeidStageResult
             ("DICOM instances", result.instances),
             ("slides", result.slides),
             ("burned-in text blanked", result.scrubbed),
+            ("duplicates", result.duplicates),
+            ("held for review (phi-suspect)", result.quarantined.get("phi-suspect", 0)),
             ("quarantined (by reason)", dict(result.quarantined)),
             ("profile", result.profile),
         ],

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from tasks.dataset import SnapshotResult, SplitResult
-from tasks.deid import DeidStageResult
+from tasks.deid import DeidStageResult, held_summary
 from tasks.ingest import IngestResult
 from tasks.quality import QualitySummary
 from tasks.wsi import ConversionResult
@@ -70,18 +70,50 @@ class PipelineSummary(StageSummary):
     error: str | None = None
     skipped: str | None = None  # another active run holds the batch; this one did nothing
 
+    @property
+    def held(self) -> dict[str, int]:
+        """Files held back by ingest and de-identification, by reason (a reason both stages
+        use is counted once per file: no file is held by both)."""
+        counts: dict[str, int] = {}
+        for stage in (self.ingest, self.deidentify):
+            for reason, count in (stage.quarantined if stage else {}).items():
+                counts[reason] = counts.get(reason, 0) + count
+        return counts
+
+    @property
+    def duplicates(self) -> dict[str, int]:
+        """Inputs that were another input again: at ingest (same bytes or UID and bytes) and
+        at de-identification (same instance after de-identification)."""
+        return {
+            "ingest": self.ingest.duplicates if self.ingest else 0,
+            "deidentify": self.deidentify.duplicates if self.deidentify else 0,
+        }
+
+    def held_line(self) -> str:
+        """The share of the batch's files held and why (``held 2 of 40 files (5.0%): ...``)."""
+        files = self.ingest.files if self.ingest else 0
+        if not files and self.deidentify:
+            files = self.deidentify.files
+        return held_summary(self.held, files)
+
     def stage_lines(self) -> list[str]:
         """One line per stage that ran, as the run log shows them."""
         lines = []
         if self.ingest:
             held = sum(self.ingest.quarantined.values())
-            lines.append(f"ingest: {self.ingest.accepted} accepted, {held} quarantined")
+            lines.append(
+                f"ingest: {self.ingest.accepted} accepted, {held} quarantined, "
+                f"{self.ingest.duplicates} duplicates"
+            )
         if self.deidentify:
             d = self.deidentify
             lines.append(
                 f"deidentify: {d.instances} DICOM, {d.slides} slides, "
-                f"{sum(d.quarantined.values())} quarantined"
+                f"{sum(d.quarantined.values())} quarantined "
+                f"({d.quarantined.get('phi-suspect', 0)} phi-suspect), {d.duplicates} duplicates"
             )
+        if self.ingest or self.deidentify:
+            lines.append(self.held_line())
         if self.convert:
             lines.append(
                 f"convert: {self.convert.converted} converted, {self.convert.current} current"

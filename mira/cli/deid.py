@@ -31,9 +31,10 @@ def deid(
     Headers follow the PS3.15 Basic Profile with the project's options; UIDs and patient IDs
     become keyed pseudonyms (secret from MIRA_DEID_SECRET); burned-in text is blanked or the
     file quarantined; slides lose label and macro images. Every output is scanned for the
-    identifiers of its input, and nothing is written when one is found.
+    identifiers of its input; a file whose output is flagged is held in the quarantine as
+    phi-suspect (see `mira quarantine`) and the others are written.
     """
-    from tasks.deid import deidentify_folder, policy_for
+    from tasks.deid import deidentify_folder, held_summary, policy_for
 
     settings = settings_of(ctx).with_overrides(deid_profile=profile)
     with step_progress(console) as progress:
@@ -48,8 +49,11 @@ def deid(
     out.print(
         f"{result.instances} DICOM files and {result.slides} slides de-identified into {output_url} "
         f"({result.scrubbed} with burned-in text blanked); duplicates: {result.duplicates}; "
-        f"quarantined: {result.quarantined or 'none'}"
+        f"{held_summary(result.quarantined, result.files)}",
+        soft_wrap=True,
     )
+    if result.quarantined:
+        out.print(f"review them with: mira quarantine list --in {quarantine}", soft_wrap=True)
 
 
 def phi_scan(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -76,7 +75,8 @@ DEMO_HINTS = (
 )
 SUMMARY_ROWS = (
     "ingested",
-    "quarantined (by reason)",
+    "held back (share, by reason)",
+    "duplicates",
     "de-identified",
     "slides converted",
     "QA gate / review",
@@ -138,14 +138,13 @@ def summary_row(summary: PipelineSummary) -> list[str]:
     if summary.skipped is not None:
         return ["skipped: " + summary.skipped, *["-"] * (len(SUMMARY_ROWS) - 1)]
     ingest, deid, quality = summary.ingest, summary.deidentify, summary.quality
-    quarantined = Counter(dict(ingest.quarantined) if ingest else {})
-    quarantined.update(deid.quarantined if deid else {})
-    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(quarantined.items())) or "none"
+    duplicates = ", ".join(f"{stage} {n}" for stage, n in summary.duplicates.items())
     qa = f"{quality.verdict}; {quality.queued_for_review} for review" if quality else "-"
     sizes = summary.batch_split
     return [
         str(ingest.accepted) if ingest else "-",
-        reasons,
+        summary.held_line().removeprefix("held ") if ingest or deid else "-",
+        duplicates if ingest or deid else "-",
         f"{deid.instances} DICOM, {deid.slides} slides" if deid else "-",
         _converted(summary),
         qa,

@@ -90,7 +90,20 @@ def configure_logging(verbose: bool) -> None:
 
 def register_commands() -> None:
     """Attach every command module's commands to ``app``."""
-    from mira.cli import catalog, convert, deid, pipeline, qa, review, sample, serve, snapshot
+    from mira.cli import (
+        access,
+        catalog,
+        convert,
+        deid,
+        pipeline,
+        qa,
+        quarantine,
+        replicate,
+        review,
+        sample,
+        serve,
+        snapshot,
+    )
 
     sample.register(app)
     pipeline.register(app)
@@ -99,8 +112,11 @@ def register_commands() -> None:
     catalog.register(app)
     qa.register(app)
     review.register(app)
+    quarantine.register(app)
     snapshot.register(app)
+    replicate.register(app)
     serve.register(app)
+    access.register(app)
 
 
 def plain_flags(command: Any) -> Any:

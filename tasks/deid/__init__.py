@@ -19,16 +19,28 @@ from tasks.deid.profile import (
     policy_from_mapping,
 )
 from tasks.deid.pseudonyms import date_shift_days, pseudonymize_patient_id, pseudonymize_uid
+from tasks.deid.quarantine_queue import (
+    RELEASE_RULES,
+    HeldItem,
+    QuarantineQueue,
+    held_summary,
+    reason_counts,
+)
 from tasks.deid.slide import SlideDeidResult, deidentify_slide
 from tasks.deid.stage import DeidStageResult, deidentify_batch, deidentify_folder
+from tasks.deid.suspects import PHI_SUSPECT, flagged_values
 
 __all__ = [
+    "PHI_SUSPECT",
+    "RELEASE_RULES",
     "DeidOption",
     "DeidPolicy",
     "DeidStageResult",
     "DicomDeidResult",
+    "HeldItem",
     "PhiHit",
     "PrivateTag",
+    "QuarantineQueue",
     "Region",
     "ScrubRule",
     "SlideDeidResult",
@@ -39,12 +51,15 @@ __all__ = [
     "deidentify_dicom",
     "deidentify_folder",
     "deidentify_slide",
+    "flagged_values",
+    "held_summary",
     "input_identifiers",
     "load_policy",
     "policy_for",
     "policy_from_mapping",
     "pseudonymize_patient_id",
     "pseudonymize_uid",
+    "reason_counts",
     "scan_for_phi",
     "scan_outputs",
     "scan_slide_file",

@@ -9,17 +9,25 @@ header after its ingest record was removed). Here, after de-identification:
   path order is published, every other is a ``duplicate`` (counted, recorded on the gateway side);
 - outputs with one UID and different bytes, or whose key the store already holds with other
   bytes, are a ``uid-conflict``: each such input is quarantined with both paths in its reason,
-  and nothing is overwritten.
+  and nothing is overwritten;
+- an output whose UID the store already holds under another key (another patient or study: the
+  same instance sent again with another PatientID, by a batch whose ingest did not know the
+  first) is a ``uid-conflict`` naming the published key; one the store holds under the same key
+  with the same bytes, published by another batch, is a ``duplicate`` of it (a rerun of the same
+  batch republishes its own instances).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from storage import Store
+from tasks import layout
+from tasks.dataset import read_table
 
 if TYPE_CHECKING:
     from tasks.deid.stage import Outcome
@@ -28,27 +36,73 @@ UID_CONFLICT = "uid-conflict"
 DUPLICATES_NAME = "duplicates.json"
 
 
-def settle_instances(outcomes: Sequence[Outcome], store: Store) -> list[Outcome]:
-    """The outcomes with every duplicate marked and every UID conflict refused (same order)."""
+@dataclass(frozen=True)
+class PublishedInstance:
+    """An instance the output store already holds: its key, and (from the catalog) its SHA-256
+    and batch; empty where only the key is known (a ``mira deid`` output folder)."""
+
+    key: str
+    sha256: str = ""
+    batch: str = ""
+
+
+def published_instances(store: Store, batch: str | None = None) -> dict[str, PublishedInstance]:
+    """The instances ``store`` holds, by SOP Instance UID: from the catalog of a research store
+    (other batches than ``batch``), else from the keys below ``dicom/`` of an output folder."""
+    if batch is None:
+        return {
+            PurePosixPath(info.key).stem: PublishedInstance(info.key)
+            for info in store.list(layout.DICOM + "/")
+            if info.key.endswith(".dcm")
+        }
+    table = read_table(store, "instances")
+    if not table.num_rows:
+        return {}
+    rows = table.select(["sop_instance_uid", "key", "sha256", "batch"]).to_pylist()
+    return {
+        row["sop_instance_uid"]: PublishedInstance(row["key"], row["sha256"], row["batch"])
+        for row in rows
+        if row["batch"] != batch
+    }
+
+
+def settle_instances(
+    outcomes: Sequence[Outcome],
+    store: Store,
+    published: Mapping[str, PublishedInstance] | None = None,
+) -> list[Outcome]:
+    """The outcomes with every duplicate marked and every UID conflict refused (same order);
+    ``published`` are the instances the store already holds (:func:`published_instances`)."""
+    published = published or {}
     by_uid: defaultdict[str, list[Outcome]] = defaultdict(list)
     for outcome in outcomes:
         if outcome.row and outcome.research_key and outcome.item.format != "slide":
             by_uid[outcome.row["sop_instance_uid"]].append(outcome)
     settled: dict[int, Outcome] = {}
-    for group in by_uid.values():
+    for uid, group in by_uid.items():
         group.sort(key=lambda o: o.item.path)
         first = group[0]
         assert first.research_key and first.row
+        before = published.get(uid)
         if len({o.row["sha256"] for o in group if o.row}) > 1:
             for outcome in group:
                 others = [o.item.path for o in group if o is not outcome]
                 settled[id(outcome)] = _conflict(outcome, others)
+        elif before is not None and before.key != first.research_key:
+            settled.update({id(o): _conflict(o, [_published_name(before)]) for o in group})
         elif _holds_other_bytes(store, first.research_key, first.row["sha256"]):
-            published = f"{first.research_key} (already published)"
-            settled.update({id(o): _conflict(o, [published]) for o in group})
+            name = f"{first.research_key} (already published)"
+            settled.update({id(o): _conflict(o, [name]) for o in group})
+        elif before is not None and before.batch and before.sha256 == first.row["sha256"]:
+            settled.update({id(o): _duplicate(o, _published_name(before)) for o in group})
         else:
             settled.update({id(o): _duplicate(o, first.item.path) for o in group[1:]})
     return [settled.get(id(outcome), outcome) for outcome in outcomes]
+
+
+def _published_name(instance: PublishedInstance) -> str:
+    batch = f" by batch {instance.batch}" if instance.batch else ""
+    return f"{instance.key} (already published{batch})"
 
 
 def duplicate_records(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:

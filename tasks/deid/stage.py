@@ -1,10 +1,11 @@
 """Stage 2: de-identify an ingested batch and publish it to the research store.
 
 Every accepted object is de-identified on Dask into a staging area on the gateway side, and each
-output is scanned for the identifiers of its own input. Only when the whole batch is clean are
-the outputs copied to the research store and the catalog parts written (the catalog part is the
-commit: downstream stages see the batch only through it). A file the engine refuses is
-quarantined and the rest goes on; a PHI hit publishes nothing and fails the stage.
+output is scanned for the identifiers of its own input. Clean outputs are copied to the research
+store and the catalog parts written (the catalog part is the commit: downstream stages see the
+batch only through it). A file the engine refuses is quarantined and the rest goes on; a file
+whose output the scan flags is held as ``phi-suspect`` (its output kept on the gateway side for a
+person to release or drop, :mod:`tasks.deid.suspects`) and the rest goes on too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +28,12 @@ from storage import Store, join_key, open_store
 from tasks import layout
 from tasks.dataset import INSTANCE_SCHEMA, SLIDE_SCHEMA, summarise_instances, write_part
 from tasks.deid.dicom import deidentify_dicom
-from tasks.deid.duplicates import DUPLICATES_NAME, duplicate_records, settle_instances
+from tasks.deid.duplicates import (
+    DUPLICATES_NAME,
+    duplicate_records,
+    published_instances,
+    settle_instances,
+)
 from tasks.deid.ingested import CHANGED_AFTER_INGEST, IngestRecord, ingested_copy, read_ingested
 from tasks.deid.names import batch_name_hits, coded_values, path_identifiers
 from tasks.deid.phiscan import collect_identifiers, scan_for_phi, scan_slide_file
@@ -35,6 +41,13 @@ from tasks.deid.profile import DeidPolicy
 from tasks.deid.pseudonyms import pseudonymize_patient_id
 from tasks.deid.rows import instance_row, slide_row
 from tasks.deid.slide import deidentify_slide
+from tasks.deid.suspects import (
+    PHI_SUSPECT,
+    attribute_paths,
+    staged_key,
+    suspect_detail,
+    suspect_fields,
+)
 from tasks.ingest import QuarantineEntry, quarantine, read_accepted, write_reason
 from tasks.parallel import dask_client
 
@@ -72,7 +85,7 @@ class Outcome:
     row: dict[str, Any] | None = None
     refusal: str | None = None
     detail: str = ""
-    phi_hits: tuple[str, ...] = ()
+    phi_hits: tuple[str, ...] = ()  # where the scan found identifiers (attribute paths)
     batch_name_hits: int = 0  # identifiers of this input found in the batch name
     duplicate_of: str = ""  # the input published for this one (same UID, same output bytes)
 
@@ -84,6 +97,7 @@ class DeidStageResult:
     batch: str
     instances: int = 0
     slides: int = 0
+    files: int = 0  # inputs considered: published + duplicates + quarantined
     scrubbed: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
@@ -118,7 +132,8 @@ def deidentify_batch(
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> DeidStageResult:
-    """De-identify every accepted object of ``batch`` and publish the batch, or nothing."""
+    """De-identify every accepted object of ``batch`` and publish what is clean; what is not
+    is quarantined with its reason (a scan hit as ``phi-suspect``, held for review)."""
     summary_key = join_key(layout.DEID, batch, SUMMARY_NAME)
     if gateway.exists(summary_key):
         return DeidStageResult(**{**gateway.read_json(summary_key), "already_done": True})
@@ -127,11 +142,11 @@ def deidentify_batch(
     job = DeidJob(source=gateway, staging=staging, batch=batch, key=key, policy=policy)
     outcomes = run_groups(job, items, dask_address, workers, progress)
     check_batch_name(job, outcomes)
-    check_for_leaks(job, outcomes, gateway)
-    outcomes = settle_instances(outcomes, research)
+    outcomes = hold_suspects(job, outcomes, gateway)
+    outcomes = settle_instances(outcomes, research, published_instances(research, batch))
     record_duplicates(gateway, join_key(layout.DEID, batch, DUPLICATES_NAME), outcomes)
     for outcome in outcomes:
-        if outcome.refusal:
+        if outcome.refusal and outcome.refusal != PHI_SUSPECT:  # held already
             _quarantine(gateway, batch, outcome, outcome.refusal, outcome.detail)
     published = publish(staging, research, outcomes)
     result = _commit_catalog(research, batch, published, outcomes, policy)
@@ -152,7 +167,7 @@ def deidentify_folder(
     """De-identify every DICOM file and slide below ``source`` into ``output`` (``mira deid``).
 
     Files that cannot be made safe, and every other kind of file, go to ``quarantine_store``
-    with a reason; a PHI hit anywhere publishes nothing.
+    with a reason; a file whose output the scan flags is held there as ``phi-suspect``.
     """
     from tasks.ingest import sniff_format
 
@@ -178,8 +193,8 @@ def deidentify_folder(
         staging = open_store(tmp)
         job = DeidJob(source=source, staging=staging, batch="", key=key, policy=policy)
         outcomes = run_groups(job, items, "", 0, progress)
-        check_for_leaks(job, outcomes, quarantine_store)
-        outcomes = settle_instances(outcomes, output)
+        outcomes = hold_suspects(job, outcomes, quarantine_store, publish_to=output.url)
+        outcomes = settle_instances(outcomes, output, published_instances(output))
         record_duplicates(quarantine_store, DUPLICATES_NAME, outcomes)
         for item in unsupported:
             _quarantine_to(
@@ -190,13 +205,14 @@ def deidentify_folder(
                 f"not DICOM or a slide ({item.format})",
             )
         for outcome in outcomes:
-            if outcome.refusal:
+            if outcome.refusal and outcome.refusal != PHI_SUSPECT:  # held already
                 _quarantine_to(quarantine_store, source, outcome, outcome.refusal, outcome.detail)
         published = publish(staging, output, outcomes)
     refusals = refusal_counts(outcomes)
     if unsupported:
         refusals["unsupported-type"] = len(unsupported)
-    return _result("", published, refusals, policy, outcomes)
+    result = _result("", published, refusals, policy, outcomes)
+    return replace(result, files=result.files + len(unsupported))
 
 
 def accepted_items(gateway: Store, batch: str) -> list[WorkItem]:
@@ -302,7 +318,7 @@ def _deidentify_dicom(job: DeidJob, item: WorkItem) -> Outcome:
         item=item,
         research_key=research_key,
         row=row,
-        phi_hits=tuple(str(h) for h in hits),
+        phi_hits=tuple(h.location for h in hits),
         batch_name_hits=len(batch_name_hits(job.batch, result.identifiers)),
     )
 
@@ -330,7 +346,7 @@ def _deidentify_slide(job: DeidJob, item: WorkItem) -> Outcome:
         item=item,
         research_key=research_key,
         row=row,
-        phi_hits=tuple(str(h) for h in hits),
+        phi_hits=tuple(h.location for h in hits),
         batch_name_hits=len(batch_name_hits(job.batch, result.identifiers | _link_ids(item))),
     )
 
@@ -357,19 +373,30 @@ def check_batch_name(job: DeidJob, outcomes: Sequence[Outcome]) -> None:
     )
 
 
-def check_for_leaks(job: DeidJob, outcomes: Sequence[Outcome], quarantine_store: Store) -> None:
-    """On any PHI hit: quarantine the leaking inputs, drop every staged output, fail."""
-    leaks = [o for o in outcomes if o.phi_hits]
-    if not leaks:
-        return
-    for outcome in leaks:
-        detail = "; ".join(outcome.phi_hits[:20])
-        _quarantine_to(quarantine_store, job.source, outcome, "phi-detected", detail, job.batch)
-    job.staging.delete_prefix("")
-    raise PhiLeak(
-        f"identifiers found in {len(leaks)} de-identified outputs "
-        f"({'; '.join(h for o in leaks[:3] for h in o.phi_hits[:2])}); nothing was published"
-    )
+def hold_suspects(
+    job: DeidJob, outcomes: Sequence[Outcome], quarantine_store: Store, publish_to: str = ""
+) -> list[Outcome]:
+    """Hold every output the scan flagged: its input to the quarantine as ``phi-suspect``, its
+    staged output kept beside it (PHI side) for a person to release or drop; the rest goes on."""
+    settled = []
+    for outcome in outcomes:
+        if not outcome.phi_hits or not (outcome.research_key and outcome.row):
+            settled.append(outcome)
+            continue
+        paths = attribute_paths(outcome.phi_hits)
+        target = _quarantine_target(quarantine_store, job.source, job.batch, outcome.item.path)
+        staged = staged_key(target, outcome.research_key)
+        with job.staging.open_read(outcome.research_key) as stream:
+            quarantine_store.write_stream(staged, stream)
+        kind = "slide" if outcome.item.format == "slide" else "instance"
+        fields = suspect_fields(paths, outcome.research_key, staged, outcome.row, kind, publish_to)
+        detail = suspect_detail(paths)
+        _quarantine_to(
+            quarantine_store, job.source, outcome, PHI_SUSPECT, detail, job.batch, fields
+        )
+        held = replace(outcome, research_key=None, row=None, refusal=PHI_SUSPECT, detail=detail)
+        settled.append(held)
+    return settled
 
 
 def _quarantine(gateway: Store, batch: str, outcome: Outcome, reason: str, detail: str) -> None:
@@ -383,9 +410,11 @@ def _quarantine_to(
     reason: str,
     detail: str,
     batch: str = "",
-) -> None:
-    """Quarantine one input. In a batch the copy stays on the gateway store; for ``mira deid``
-    it is streamed from the input store into the quarantine folder."""
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """Quarantine one input; returns its quarantine key. In a batch the copy stays on the
+    gateway store; for ``mira deid`` it is streamed from the input store into the quarantine
+    folder."""
     item = outcome.item
     entry = QuarantineEntry(
         batch=batch,
@@ -396,13 +425,23 @@ def _quarantine_to(
         size=item.size,
         detected_format=item.format,
         stage="deidentify",
+        extra=extra or {},
     )
     if quarantine_store is source:
-        quarantine(quarantine_store, item.key, entry)
-        return
+        return quarantine(quarantine_store, item.key, entry)
+    target = _quarantine_target(quarantine_store, source, batch, item.path)
     with source.open_read(item.key) as stream:
-        quarantine_store.write_stream(join_key(batch, item.path), stream)
-    write_reason(quarantine_store, join_key(batch, item.path), entry)
+        quarantine_store.write_stream(target, stream)
+    write_reason(quarantine_store, target, entry)
+    return target
+
+
+def _quarantine_target(quarantine_store: Store, source: Store, batch: str, path: str) -> str:
+    """The quarantine key of an input: under ``quarantine/`` on the gateway, or at its own path
+    in a ``mira deid`` quarantine folder."""
+    if quarantine_store is source:
+        return layout.quarantine_key(batch, path)
+    return join_key(batch, path)
 
 
 def publish(staging: Store, research: Store, outcomes: Sequence[Outcome]) -> list[Outcome]:
@@ -479,9 +518,11 @@ def _result(
         batch=batch,
         instances=len(instances),
         slides=len(rows) - len(instances),
+        files=len(outcomes),
         scrubbed=sum(1 for r in instances if r["pixels_scrubbed"]),
         quarantined=dict(refusals),
         duplicates=sum(1 for o in outcomes if o.duplicate_of),
+        phi_hits=sum(1 for o in outcomes if o.refusal == PHI_SUSPECT),
         profile=policy.name,
     )
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from mira import __version__
 from storage import Store
@@ -25,6 +27,9 @@ class QuarantineEntry:
     size: int | None
     detected_format: str | None
     stage: str = "ingest"
+    # More fields of the record for a later decision (a held de-identified output, the
+    # attribute paths a scan flagged); names only, never an identifier's value.
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def quarantine(gateway: Store, source_key: str, entry: QuarantineEntry) -> str:
@@ -51,6 +56,7 @@ def write_reason(store: Store, target: str, entry: QuarantineEntry) -> None:
         "stage": entry.stage,
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "mira_version": __version__,
+        **entry.extra,
     }
     store.write_json(layout.reason_key(target), record)
     log.info("quarantined %s/%s: %s", entry.batch, entry.path, entry.reason)
