@@ -321,3 +321,37 @@ def test_quarantine_commands_on_a_mira_deid_folder(
     assert "released by ada" in history.output and ": ok" in history.output
     pending = runner.invoke(app, ["quarantine", "list", "--in", str(held)])
     assert "notes.txt" in pending.output and "leaky.dcm" not in pending.output
+
+
+def test_the_run_summary_prints_the_held_share_and_duplicates_it_wrote(
+    local_store: Store,
+) -> None:
+    """The rows `mira run` prints, from the results the ingest and deidentify flows return:
+    the counts printed are the counts the stages wrote to their summaries."""
+    from flows.summaries import PipelineSummary
+    from mira.cli.pipeline import SUMMARY_ROWS, summary_row
+    from tasks.ingest.stage import IngestResult
+
+    gateway, research = local_store.child("gateway"), local_store.child("research")
+    ct = dicom_bytes("CT_small.dcm")
+    files = {"ct.dcm": ct, "ct-copy.dcm": ct, "mr.dcm": dicom_bytes("MR_small.dcm")}
+    drop_batch(gateway, BATCH, {**files, "empty.dcm": b"", "leaky.dcm": leaky_ct()})
+    ingested: IngestResult = ingest_batch(gateway, BATCH)
+    deidentified = deidentify_batch(gateway, research, BATCH, KEY, policy_from_mapping(LEAKY))
+    summary = PipelineSummary(batch=BATCH, ingest=ingested, deidentify=deidentified)
+    row = dict(zip(SUMMARY_ROWS, summary_row(summary), strict=True))
+    assert (
+        row["held back (share, by reason)"] == "2 of 5 files (40.0%): empty-file 1, phi-suspect 1"
+    )
+    assert row["duplicates"] == "ingest 1, deidentify 0"
+    assert row["de-identified"] == "2 DICOM, 0 slides"
+    written = {
+        **gateway.read_json(f"ingest/{BATCH}/summary.json")["quarantined"],
+        **gateway.read_json(f"deid/{BATCH}/summary.json")["quarantined"],
+    }
+    assert written == {"empty-file": 1, "phi-suspect": 1} == summary.held
+    assert gateway.read_json(f"ingest/{BATCH}/summary.json")["duplicates"] == 1
+    lines = summary.stage_lines()
+    assert "ingest: 3 accepted, 1 quarantined, 1 duplicates" in lines
+    assert any("(1 phi-suspect), 0 duplicates" in line for line in lines)
+    assert lines[-1] == "held 2 of 5 files (40.0%): empty-file 1, phi-suspect 1"
