@@ -20,8 +20,15 @@ import zarr
 from wsidicom import WsiDicom
 
 from mira.errors import InvalidInput
-from storage import open_store
-from tasks.ingest import WsiInstance, check_wsi_series, read_wsi_instance
+from storage import Store, open_store
+from tasks.ingest import (
+    WSI_SOP_CLASS,
+    WsiInstance,
+    check_wsi_series,
+    ingest_batch,
+    read_accepted,
+    read_wsi_instance,
+)
 from tasks.wsi import ConvertOptions, convert_slide
 from tests.slides import dicom_wsi_pixels, write_dicom_wsi
 
@@ -191,3 +198,50 @@ def test_a_truncated_frame_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput) as err, path.open("rb") as stream:
         read_wsi_instance(stream)
     assert err.value.rejection.reason == "truncated"  # type: ignore[attr-defined]
+
+
+def _drop(store: Store, batch: str, folder: Path) -> None:
+    for path in sorted(folder.glob("*.dcm")):
+        store.write_bytes(f"dropzone/{batch}/slide/{path.name}", path.read_bytes())
+    store.write_bytes(f"dropzone/{batch}/_READY", b"")
+
+
+def test_ingest_accepts_a_complete_series_as_one_slide(local_store: Store, tmp_path: Path) -> None:
+    write_dicom_wsi(tmp_path / "s", HEIGHT, WIDTH, tile=TILE, codec="jpeg2000", parts=2)
+    _drop(local_store, "wsi1", tmp_path / "s")
+    result = ingest_batch(local_store, "wsi1")
+    assert (result.accepted, dict(result.quarantined)) == (5, {})  # 2 parts, level 1, 2 others
+    rows = read_accepted(local_store, "wsi1").to_pylist()
+    assert {row["sop_class_uid"] for row in rows} == {WSI_SOP_CLASS}
+    assert len({row["series_uid"] for row in rows}) == 1
+
+
+def test_ingest_quarantines_every_instance_of_an_incomplete_slide(
+    local_store: Store, tmp_path: Path
+) -> None:
+    write_dicom_wsi(tmp_path / "s", HEIGHT, WIDTH, tile=TILE, skip_tiles=(4,))
+    write_dicom_wsi(tmp_path / "ok", HEIGHT, WIDTH, tile=TILE, associated=())
+    _drop(local_store, "wsi2", tmp_path / "s")
+    for path in sorted((tmp_path / "ok").glob("*.dcm")):
+        local_store.write_bytes(f"dropzone/wsi2/ok/{path.name}", path.read_bytes())
+    result = ingest_batch(local_store, "wsi2")
+    assert (result.accepted, dict(result.quarantined)) == (2, {"incomplete-slide": 4})
+    reason = local_store.read_json("quarantine/wsi2/slide/label.dcm.reason.json")
+    assert reason["reason"] == "incomplete-slide"
+    assert "has 11 frames where its 4x3 tiles need 12" in reason["detail"]
+    assert local_store.exists("quarantine/wsi2/slide/level0-0.dcm")
+
+
+def test_ingest_holds_back_the_slide_of_a_truncated_instance(
+    local_store: Store, tmp_path: Path
+) -> None:
+    write_dicom_wsi(tmp_path / "s", HEIGHT, WIDTH, tile=TILE, associated=())
+    level0 = tmp_path / "s" / "level0-0.dcm"
+    level0.write_bytes(level0.read_bytes()[:-5000])
+    _drop(local_store, "wsi3", tmp_path / "s")
+    result = ingest_batch(local_store, "wsi3")
+    assert result.accepted == 0
+    assert sum(result.quarantined.values()) == 2
+    assert result.quarantined.get("incomplete-slide") == 1
+    other = local_store.read_json("quarantine/wsi3/slide/level1-0.dcm.reason.json")
+    assert "level0" not in other["detail"] and "was refused (truncated" in other["detail"]

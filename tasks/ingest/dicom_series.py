@@ -464,3 +464,62 @@ def series_rejection(series_uid: str, instance_uid: str, reason: Rejection) -> R
         f"whole-slide series {series_uid}: instance {instance_uid} was refused "
         f"({reason.reason}: {reason.detail})",
     )
+
+
+def inspect_wsi_instance(stream: BinaryIO) -> tuple[WsiInstance | None, Rejection | None]:
+    """For ingest: the instance's record (None when it is no readable whole-slide instance) and
+    why it cannot be part of a slide (None when its frames are all there)."""
+    stream.seek(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(stream, stop_before_pixels=True, defer_size=256 * 1024)
+        except Exception:
+            return None, None  # the DICOM checks say why
+        pixel_start = stream.tell()
+    if str(ds.get("SOPClassUID", "")) != WSI_SOP_CLASS:
+        return None, None
+    try:
+        instance = wsi_instance_from_header(ds)
+    except RejectedObject as rejected:
+        return None, rejected.rejection
+    try:
+        _frame_spans(stream, pixel_start, instance, bool(ds.is_implicit_VR))
+    except RejectedObject as rejected:
+        return instance, rejected.rejection
+    return instance, None
+
+
+def hold_back_incomplete_slides(
+    accepted: Sequence[Any], quarantined: Sequence[tuple[Any, Rejection]]
+) -> tuple[list[Any], list[tuple[Any, Rejection]]]:
+    """Split the accepted objects (ingest's ``InspectedObject``) into those that stay accepted
+    and the whole-slide instances that go to the quarantine with their slide: every instance
+    of a series with a refused instance, or whose instances are not a complete slide."""
+    refused: dict[str, tuple[str, Rejection]] = {}
+    for item, rejection in quarantined:
+        wsi = item.inspection.wsi
+        if wsi is not None:
+            refused.setdefault(wsi.series_uid, (wsi.sop_instance_uid, rejection))
+    series: dict[str, list[Any]] = defaultdict(list)
+    for item in accepted:
+        if item.inspection.wsi is not None:
+            series[item.inspection.wsi.series_uid].append(item)
+    held: dict[str, Rejection] = {}
+    for uid, items in series.items():
+        if uid in refused:
+            held[uid] = series_rejection(uid, *refused[uid])
+            continue
+        try:
+            check_wsi_series(item.inspection.wsi for item in items)
+        except RejectedObject as rejected:
+            held[uid] = rejected.rejection
+    kept = [
+        i for i in accepted if i.inspection.wsi is None or i.inspection.wsi.series_uid not in held
+    ]
+    moved = [
+        (i, held[i.inspection.wsi.series_uid])
+        for i in accepted
+        if i.inspection.wsi is not None and i.inspection.wsi.series_uid in held
+    ]
+    return kept, moved

@@ -6,9 +6,12 @@ Small frozen records shared by the format sniffer, the DICOM and slide checks an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from mira.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from tasks.ingest.dicom_series import WsiInstance
 
 RejectReason = Literal[
     "truncated",
@@ -80,6 +83,7 @@ class Inspection:
     dicom: DicomHeader | None = None
     slide: SlideHeader | None = None
     rejection: Rejection | None = None
+    wsi: WsiInstance | None = None  # a DICOM whole-slide instance: its part of the slide
 
     @property
     def kind(self) -> ObjectKind | None:

@@ -23,6 +23,7 @@ from mira.errors import MiraError
 from storage.base import read_up_to, sha256_stream
 from tasks.ingest.bombs import check_tile_geometry, check_tile_stream
 from tasks.ingest.dicom_header import inspect_dicom
+from tasks.ingest.dicom_series import WSI_SOP_CLASS, inspect_wsi_instance
 from tasks.ingest.inspection import (
     DEFAULT_MAX_DECODED_BYTES,
     DETAIL_CHARS,
@@ -83,15 +84,28 @@ def inspect_object(
 
 def _inspect_content(base: Inspection, stream: BinaryIO, max_decoded_bytes: int) -> Inspection:
     if base.detected_format in ("dicom", "dicom-no-preamble"):
-        return replace(
-            base, dicom=inspect_dicom(stream, base.size, base.detected_format, max_decoded_bytes)
-        )
+        return _inspect_dicom_object(base, stream, max_decoded_bytes)
     if base.detected_format in ("tiff", "bigtiff"):
         slide, is_svs = inspect_slide(stream, base.size, max_decoded_bytes)
         return replace(base, slide=slide, detected_format="svs" if is_svs else base.detected_format)
     stream.seek(0)
     kind = "text" if _looks_like_text(read_up_to(stream, HEAD_BYTES)) else "binary"
     raise RejectedObject("unsupported-type", f"content is neither DICOM nor TIFF ({kind} data)")
+
+
+def _inspect_dicom_object(base: Inspection, stream: BinaryIO, max_decoded_bytes: int) -> Inspection:
+    """The DICOM header checks, then, for a whole-slide instance, its part of the slide (kept
+    on a refused instance too, so the rest of its slide is held back with it)."""
+    try:
+        header = inspect_dicom(stream, base.size, base.detected_format, max_decoded_bytes)
+    except RejectedObject as rejected:
+        bomb = rejected.rejection.reason == "decompression-bomb"
+        wsi = None if bomb else inspect_wsi_instance(stream)[0]
+        return replace(base, wsi=wsi, rejection=rejected.rejection)
+    if header.sop_class_uid != WSI_SOP_CLASS:
+        return replace(base, dicom=header)
+    wsi, rejection = inspect_wsi_instance(stream)
+    return replace(base, dicom=header, wsi=wsi, rejection=rejection)
 
 
 def sniff_format(head: bytes) -> DetectedFormat:

@@ -27,6 +27,7 @@ from mira import __version__
 from mira.errors import AlreadyExists, InvalidInput, ObjectNotFound
 from storage import Store, join_key
 from tasks import layout
+from tasks.ingest.dicom_series import hold_back_incomplete_slides
 from tasks.ingest.dropzone import (
     BatchContents,
     BatchRef,
@@ -254,6 +255,9 @@ def judge(
             duplicates.append(_duplicate_record(item, first, uid))
         else:
             quarantined.append((item, _conflict(uid or "", first)))
+    # a DICOM whole-slide series is one slide: all of its instances go, or none
+    accepted, held = hold_back_incomplete_slides(accepted, quarantined)
+    quarantined.extend(held)
     return Verdicts(tuple(accepted), tuple(quarantined), tuple(duplicates))
 
 
