@@ -33,7 +33,10 @@ InOption = Annotated[
     ),
 ]
 ItemArgument = Annotated[
-    str, typer.Argument(metavar="ITEM", help="The item: <batch>/<path> as `list` shows it.")
+    str,
+    typer.Argument(
+        metavar="ITEM", help="The item as list shows it: BATCH/PATH (a PATH with --in)."
+    ),
 ]
 ByOption = Annotated[str, typer.Option("--by", help="Who decides (recorded with the decision).")]
 NoteOption = Annotated[str, typer.Option(help="Why, for the record.")]

@@ -11,7 +11,10 @@ from rich.table import Table
 from mira.cli.common import out, research_store
 
 review_app = typer.Typer(
-    help="The human review queue of flagged images and slides.", no_args_is_help=True
+    help="The human review queue of flagged images and slides in the research store. Files "
+    "held back before publication (phi-suspect outputs, ingest and de-identification "
+    "quarantine) are reviewed with `mira quarantine` on the gateway side.",
+    no_args_is_help=True,
 )
 
 
