@@ -72,9 +72,10 @@ def run_batch(gateway: Store, research: Store, batch: str, policy: DeidPolicy) -
 
 
 @pytest.fixture
-def held_batch(local_store: Store) -> tuple[Store, Store, object]:
-    """A batch of three real files, one of whose output the scan flags."""
-    gateway, research = local_store.child("gateway"), local_store.child("research")
+def held_batch(store: Store) -> tuple[Store, Store, object]:
+    """A batch of three real files, one of whose output the scan flags (on a local folder and
+    on the real S3 server)."""
+    gateway, research = store.child("gateway"), store.child("research")
     files = {
         "PAT/ct.dcm": dicom_bytes("CT_small.dcm"),
         "PAT/mr.dcm": dicom_bytes("MR_small.dcm"),
