@@ -240,6 +240,23 @@ def write_qptiff_slide(path: Path) -> Path:
     return path
 
 
+def write_multiplexed_qptiff(
+    path: Path, channels: tuple[str, ...] = ("DAPI", "CD8", "PanCK")
+) -> Path:
+    """A multiplexed QPTIFF: one greyscale page per channel at each level."""
+    full = slide_pixels(HEIGHT, WIDTH)
+    with tifffile.TiffWriter(path, bigtiff=True) as writer:
+        for kind, step in (("FullResolution", 1), ("ReducedResolution", 2)):
+            for index, name in enumerate(channels):
+                plane = np.ascontiguousarray(full[::step, ::step, index % 3])
+                writer.write(
+                    plane, description=qpi_xml(kind, name), software="PerkinElmer-QPI",
+                    metadata=None, tile=(TILE, TILE), compression="zstd",
+                    resolution=(1e4 / (MPP * step), 1e4 / (MPP * step)), resolutionunit="CENTIMETER",
+                )  # fmt: skip
+    return path
+
+
 VENDOR_WRITERS: dict[str, Callable[[Path], Path]] = {
     "hamamatsu": write_ndpi_slide,
     "leica": write_scn_slide,
@@ -258,5 +275,6 @@ OBJECTIVES = {"hamamatsu": 20.0, "leica": 20.0, "ventana": 20.0, "philips": None
 
 
 def write_vendor_slide(vendor: str, folder: Path) -> Path:
-    """Write the ``vendor`` slide into ``folder``, named as that scanner names its files."""
-    return VENDOR_WRITERS[vendor](folder / f"{vendor}{SUFFIXES[vendor]}")
+    """Write the ``vendor`` slide into ``folder``, named after the case and patient as labs
+    name their files (the name is an identifier too), with the scanner's extension."""
+    return VENDOR_WRITERS[vendor](folder / f"{CASE}_DOE_JOHN{SUFFIXES[vendor]}")

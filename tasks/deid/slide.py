@@ -1,4 +1,5 @@
-"""De-identify a whole-slide image (Aperio SVS or a generic pyramidal TIFF) into a new TIFF.
+"""De-identify a whole-slide image (Aperio SVS, a vendor's TIFF layout: Hamamatsu NDPI, Leica
+SCN, Ventana BIF, Philips TIFF, Akoya QPTIFF; or a generic pyramidal TIFF) into a new TIFF.
 
 Only the pyramid is kept: level 0 and its reductions, chosen by geometry (:mod:`slide_pages`);
 label, macro, thumbnail and every other page are dropped whatever their descriptions say, since
@@ -8,7 +9,9 @@ and nothing is re-encoded; SubIFD levels stay SubIFDs. Only an allow-list of TIF
 written, so DateTime, Artist, HostComputer, Software, DocumentName, PageName, XMP and unknown
 vendor tags never reach the output. The Aperio ImageDescription keeps its ``Aperio Image
 Library`` header (tifffile and OpenSlide detect SVS by it) and only the policy's safe keys, and
-an Aperio file gets a thumbnail rebuilt from its smallest level, so it still reads as SVS.
+an Aperio file gets a thumbnail rebuilt from its smallest level, so it still reads as SVS. A
+vendor layout keeps its levels (an NDPI level is its one restart-marker JPEG strip, copied whole
+with its McuStarts) and gets its vendor metadata rebuilt from an allow-list (:mod:`vendor_scrub`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,19 @@ from tasks.deid.identifiers import date_forms, is_searchable, value_tokens
 from tasks.deid.profile import SLIDE_DEVICE_KEYS, DeidOption, DeidPolicy
 from tasks.deid.pseudonyms import check_key, pseudonymize_slide
 from tasks.deid.slide_pages import PyramidPages, pyramid_pages, pyramid_thumbnail
+from tasks.deid.vendor_scrub import (
+    ExtraTag,
+    bif_description,
+    bif_xmp,
+    ndpi_strip,
+    ndpi_tags,
+    philips_description,
+    qpi_description,
+    safe_software,
+    scn_description,
+    vendor_identifiers,
+)
+from tasks.slide_vendors import slide_vendor, vendor_optics
 
 _CHUNK = 1 << 22
 _APERIO_FIRST_LINE = re.compile(r"Aperio Image (?:Library|Format)(?: v?[0-9A-Za-z.\-]+)?")
@@ -40,6 +56,8 @@ _TIFF_DATETIME = re.compile(r"(\d{4}):(\d{2}):(\d{2})")
 _IDENTIFYING_TIFF_TAGS = ("Artist", "HostComputer", "DocumentName", "PageName", "DateTime")
 _NAME_PARTS = re.compile(r"[_\s]+")
 _THUMBNAIL_JPEG_LEVEL = 90
+# Vendor layouts whose output keeps the layout, with metadata rebuilt by ``vendor_scrub``.
+VENDOR_LAYOUTS = ("hamamatsu", "leica", "ventana", "philips", "akoya")
 
 Source = str | Path | IO[bytes]
 
@@ -65,15 +83,19 @@ def deidentify_slide(src: Source, dst: Source, key: bytes, policy: DeidPolicy) -
     check_key(key)
     digest = _sha256(src)
     with _open_tiff(src) as tif:
+        _refuse_multiplexed(tif)
         pages = pyramid_pages(tif)
-        vendor = "aperio" if pages.base.is_svs else "generic"
+        vendor = _output_vendor(tif, pages)
         identifiers = collect_slide_identifiers(tif, policy)
         if isinstance(src, str | Path):
             identifiers |= {t for t in (Path(src).name, Path(src).stem) if is_searchable(t)}
         bigtiff = tif.is_bigtiff or _source_size(tif) > 0xF0000000
-        mpp, magnification = _optics(pages.base, vendor)
+        mpp, magnification = _optics(tif, pages.base, vendor)
         with tifffile.TiffWriter(dst, bigtiff=bigtiff) as writer:
-            _write_pyramid(writer, tif, pages, vendor, _safe_keys(policy))
+            if vendor in VENDOR_LAYOUTS:
+                _write_vendor_pyramid(writer, tif, pages, vendor)
+            else:
+                _write_pyramid(writer, tif, pages, vendor, _safe_keys(policy))
     removed = pages.removed
     if vendor == "aperio":
         removed = tuple(n for n in removed if n not in ("associated-1", "thumbnail"))  # rebuilt
@@ -108,6 +130,76 @@ def _write_pyramid(
         _write_thumbnail(writer, pages, description(base))
     for page in pages.levels:
         _copy_page(writer, tif, page, description(page))
+
+
+def _output_vendor(tif: tifffile.TiffFile, pages: PyramidPages) -> str:
+    """The layout the output keeps: Aperio, one of the vendors' TIFF layouts, or generic."""
+    if pages.base.is_svs:
+        return "aperio"
+    vendor = slide_vendor(tif)
+    return vendor if vendor in VENDOR_LAYOUTS else "generic"
+
+
+def _refuse_multiplexed(tif: tifffile.TiffFile) -> None:
+    """A QPTIFF with one page per channel is refused whole: its channels share a level's
+    geometry, and keeping one page per level would silently drop the others."""
+    if slide_vendor(tif) == "akoya":
+        channels = vendor_optics(tif, tif.pages.first).channels
+        if len(channels) > 1:
+            raise DeidentificationError(
+                f"multiplexed QPTIFF ({len(channels)} channel pages) cannot be de-identified yet"
+            )
+
+
+def _write_vendor_pyramid(
+    writer: tifffile.TiffWriter, tif: tifffile.TiffFile, pages: PyramidPages, vendor: str
+) -> None:
+    """The kept levels, largest first, with the vendor's metadata rebuilt from its allow-list
+    (:mod:`vendor_scrub`), so the output still reads as that vendor's layout."""
+    levels = [pages.base, *pages.subifd_levels, *pages.levels]
+    first_description = {
+        "leica": scn_description(tif.pages.first.description or "", levels),
+        "philips": philips_description(tif.pages.first.description or "", levels),
+    }.get(vendor, "")
+    for index, page in enumerate(levels):
+        software = safe_software(page) if vendor in ("ventana", "philips", "akoya") else None
+        if vendor == "hamamatsu":
+            _copy_ndpi_page(writer, tif, page)
+            continue
+        description = first_description if index == 0 else ""
+        extratags: list[ExtraTag] = []
+        if vendor == "ventana":
+            description = bif_description(page)
+            extratags = bif_xmp(tif) if index == 0 else []
+        elif vendor == "akoya":
+            description = qpi_description(page)
+        _copy_page(writer, tif, page, description, software=software, extratags=extratags)
+
+
+def _copy_ndpi_page(
+    writer: tifffile.TiffWriter, tif: tifffile.TiffFile, page: tifffile.TiffPage
+) -> None:
+    """An NDPI level as it is stored: its one JPEG strip, byte for byte, with its McuStarts."""
+    offset, count = ndpi_strip(page)
+    handle = tif.filehandle
+    handle.seek(offset)
+    strip = handle.read(count)
+    try:
+        writer.write(
+            iter([strip]),
+            shape=(page.imagelength, page.imagewidth, page.samplesperpixel),
+            dtype=page.dtype,
+            photometric=page.photometric,
+            compression=page.compression,
+            compressionargs=_jpeg_colorspace(page),
+            rowsperstrip=page.imagelength,
+            extratags=ndpi_tags(page),
+            software=False,
+            metadata=None,
+            **_resolution(page),
+        )
+    except Exception as err:
+        raise DeidentificationError(f"cannot copy NDPI level {page.index}: {err}") from err
 
 
 def _write_thumbnail(
@@ -205,6 +297,9 @@ def collect_slide_identifiers(tif: tifffile.TiffFile, policy: DeidPolicy | None 
     and the identifying TIFF tags of every page."""
     safe_keys = _safe_keys(policy or DeidPolicy.default()) | {"Time", "Time Zone"}
     tokens: set[str] = set()
+    vendor = slide_vendor(tif)
+    if vendor in VENDOR_LAYOUTS:
+        tokens |= vendor_identifiers(tif, vendor)
     for page in tif.pages:
         if not isinstance(page, tifffile.TiffPage):
             continue
@@ -246,11 +341,16 @@ def _tiff_tag_tokens(name: str, value: str) -> set[str]:
     return set(value_tokens("LO", value))
 
 
-def _optics(page: tifffile.TiffPage, vendor: str) -> tuple[float | None, float | None]:
+def _optics(
+    tif: tifffile.TiffFile, page: tifffile.TiffPage, vendor: str
+) -> tuple[float | None, float | None]:
     """Microns per pixel and objective magnification of the base level, when recorded."""
     if vendor == "aperio":
         pairs = aperio_pairs(page.description)
         return _number(pairs.get("MPP")), _number(pairs.get("AppMag"))
+    if vendor in VENDOR_LAYOUTS:
+        optics = vendor_optics(tif, page)
+        return optics.mpp_x, optics.objective
     unit = page.tags.get("ResolutionUnit")
     xres = page.tags.get("XResolution")
     if unit is None or xres is None:
@@ -276,6 +376,8 @@ def _copy_page(
     page: tifffile.TiffPage,
     description: str,
     subifds: int = 0,
+    software: str | None = None,
+    extratags: list[ExtraTag] | None = None,
 ) -> None:
     """Write one page from its raw compressed tiles or strips (no decoding, no re-encoding);
     the next ``subifds`` pages written become its SubIFDs."""
@@ -310,7 +412,8 @@ def _copy_page(
             description=description or None,
             subfiletype=page.subfiletype,
             subifds=subifds or None,
-            software=False,
+            software=software or False,
+            extratags=extratags or (),
             metadata=None,
             **resolution,
             **layout,

@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from tifffile.tifffile import jpeg_shape
 
 from mira.errors import DeidentificationError, InvalidInput
+from tasks.slide_vendors import associated_pages
 
 THUMBNAIL_MAX = 1024  # pixels on the long side of a rebuilt thumbnail
 _JPEG = frozenset({7, 33007, 34892})  # compressions tifffile decodes with the JPEG codec
@@ -57,7 +58,10 @@ class PyramidPages:
 def pyramid_pages(tif: tifffile.TiffFile) -> PyramidPages:
     """Sort a slide's pages into its pyramid and the pages to drop (see the module doc)."""
     pages = _main_pages(tif)
-    candidates = [p for p in pages if p.is_tiled and not _associated_word(p)]
+    named = associated_pages(tif)  # what the vendor's metadata calls label, macro, ...
+    candidates = [
+        p for p in pages if p.is_tiled and not _associated_word(p) and p.index not in named
+    ]
     if not candidates:
         raise InvalidInput("the TIFF holds no tiled pyramid level")
     base = max(candidates, key=_area)  # the first of equals: max keeps the first it meets
@@ -66,7 +70,7 @@ def pyramid_pages(tif: tifffile.TiffFile) -> PyramidPages:
     sub_levels = [p for p in sub_pages if not _associated_word(p) and _is_level_of(base, p)]
     _check_one_page_per_level(base, [*sub_levels, *levels])
     kept = {id(p) for p in (base, *levels)}
-    removed = [_removed_name(p) for p in pages if id(p) not in kept]
+    removed = [named.get(p.index) or _removed_name(p) for p in pages if id(p) not in kept]
     kept_subs = {id(p) for p in sub_levels}
     removed += [_removed_name(p, "subifd-") for p in sub_pages if id(p) not in kept_subs]
     return PyramidPages(

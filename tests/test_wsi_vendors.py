@@ -1,0 +1,196 @@
+"""The vendors' TIFF layouts (Hamamatsu NDPI, Leica SCN, Ventana BIF, Philips TIFF, Akoya QPTIFF),
+generated with each vendor's tag and description structure (tests/vendor_slides.py): recognised
+at ingest, de-identified in place (label, macro, overview and thumbnail gone, vendor metadata
+rebuilt, no planted identifier left) and converted to OME-Zarr losslessly at the right scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import openslide
+import pytest
+import tifffile
+
+from mira.errors import DeidentificationError, InvalidInput
+from storage import open_store
+from tasks.deid import DeidPolicy, deidentify_slide, scan_for_phi
+from tasks.ingest.sniff import inspect_object
+from tasks.slide_vendors import associated_pages, main_series, slide_vendor
+from tasks.wsi.convert import ConvertOptions, convert_slide
+from tests.test_wsi import all_text, attributes, open_pyramid, pixels
+from tests.vendor_slides import (
+    HEIGHT,
+    MPP,
+    OBJECTIVES,
+    PLANTED,
+    VENDOR_WRITERS,
+    WIDTH,
+    write_multiplexed_qptiff,
+    write_vendor_slide,
+)
+
+KEY = bytes(range(32))
+VENDORS = sorted(VENDOR_WRITERS)
+REMOVED = {
+    "hamamatsu": {"macro"},
+    "leica": {"macro"},
+    "ventana": {"label", "thumbnail"},
+    "philips": {"label", "macro"},
+    "akoya": {"thumbnail", "macro", "label"},
+}
+FORMATS = {
+    "hamamatsu": "ndpi",
+    "leica": "scn",
+    "ventana": "bif",
+    "philips": "philips-tiff",
+    "akoya": "qptiff",
+}
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def level0(path: Path) -> np.ndarray:
+    """The main image's full resolution as tifffile decodes it, (y, x, c)."""
+    with tifffile.TiffFile(path) as tif:
+        image = main_series(tif).levels[0].asarray()
+    return image.reshape(image.shape[-3:])
+
+
+@pytest.fixture(scope="module")
+def originals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("vendor-slides")
+    return {vendor: write_vendor_slide(vendor, folder) for vendor in VENDORS}
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_generated_layout_is_flagged_as_the_vendor_by_tifffile(
+    originals: dict[str, Path], vendor: str
+) -> None:
+    with tifffile.TiffFile(originals[vendor]) as tif:
+        assert slide_vendor(tif) == vendor
+        assert set(associated_pages(tif).values()) == REMOVED[vendor]
+
+
+@pytest.mark.parametrize("vendor", ["hamamatsu", "philips"])
+def test_openslide_reads_the_generated_layout_as_the_vendor(
+    originals: dict[str, Path], vendor: str
+) -> None:
+    """A second, independent reader agrees: same vendor, associated images and pixels."""
+    slide = openslide.OpenSlide(str(originals[vendor]))
+    assert slide.properties["openslide.vendor"] == vendor
+    assert slide.dimensions == (WIDTH, HEIGHT)
+    assert set(slide.associated_images) == REMOVED[vendor]
+    region = np.asarray(slide.read_region((0, 0), 0, (WIDTH, HEIGHT)).convert("RGB"))
+    assert np.array_equal(region, level0(originals[vendor]))
+
+
+def test_openslide_reads_the_generated_scn_as_leica(originals: dict[str, Path]) -> None:
+    slide = openslide.OpenSlide(str(originals["leica"]))
+    assert slide.properties["openslide.vendor"] == "leica"
+    assert slide.properties["openslide.objective-power"] == "20"
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_ingest_recognises_the_vendor_and_its_pixel_size(
+    originals: dict[str, Path], vendor: str
+) -> None:
+    with originals[vendor].open("rb") as stream:
+        inspection = inspect_object(stream)
+    assert inspection.rejection is None
+    assert inspection.slide is not None
+    assert inspection.slide.vendor == vendor
+    assert (inspection.slide.width, inspection.slide.height) == (WIDTH, HEIGHT)
+    assert inspection.slide.levels == 2
+    assert inspection.slide.mpp == pytest.approx(MPP, rel=1e-4)
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_deid_drops_associated_images_and_scrubs_vendor_metadata(
+    originals: dict[str, Path], vendor: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "slide.tiff"
+    result = deidentify_slide(originals[vendor], out, KEY, DeidPolicy.default())
+    assert result.vendor == vendor
+    assert set(result.removed_images) == REMOVED[vendor]
+    assert result.levels == 2
+    assert result.mpp == pytest.approx(MPP, rel=1e-4)
+    assert result.magnification == OBJECTIVES[vendor]
+    data = out.read_bytes()
+    left = [token for token in PLANTED if token.encode() in data]
+    assert left == [], f"planted identifiers left in the output: {left}"
+    assert scan_for_phi([("slides/x.tiff", data)], result.identifiers) == []
+    with tifffile.TiffFile(out) as tif:
+        assert slide_vendor(tif) == vendor, "the output still reads as the vendor's layout"
+        assert associated_pages(tif) == {}
+        assert len(tif.pages) == 2
+    assert np.array_equal(level0(out), level0(originals[vendor])), "levels copied, not re-encoded"
+
+
+def test_deid_ndpi_keeps_each_level_one_restart_marker_strip(
+    originals: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "slide.tiff"
+    deidentify_slide(originals["hamamatsu"], out, KEY, DeidPolicy.default())
+    with tifffile.TiffFile(originals["hamamatsu"]) as before, tifffile.TiffFile(out) as after:
+        for old, new in zip(before.pages[:2], after.pages, strict=True):
+            assert isinstance(old, tifffile.TiffPage) and isinstance(new, tifffile.TiffPage)
+            assert np.array_equal(old.tags.valueof(65426), new.tags.valueof(65426))
+            old_strip, new_strip = old.tags.valueof(273), new.tags.valueof(273)
+            before.filehandle.seek(old_strip[0])
+            after.filehandle.seek(new_strip[0])
+            size = old.tags.valueof(279)[0]
+            assert before.filehandle.read(size) == after.filehandle.read(size)
+            for code in (65427, 65442, 65449, 306):
+                assert code not in new.tags
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_converts_losslessly_at_the_vendors_pixel_size(
+    originals: dict[str, Path], vendor: str, tmp_path: Path
+) -> None:
+    """The pipeline's path: de-identify, then convert the research copy."""
+    research = tmp_path / "research"
+    research.mkdir()
+    deidentify_slide(originals[vendor], research / "slide.tiff", KEY, DeidPolicy.default())
+    target = open_store(tmp_path / "pyramids")
+    result = convert_slide(
+        open_store(research), "slide.tiff", target, "p.ome.zarr", ConvertOptions()
+    )
+    assert result.shape == (HEIGHT, WIDTH)
+    assert result.mpp == pytest.approx(MPP, rel=1e-4)
+    group = open_pyramid(target, "p.ome.zarr")
+    assert np.array_equal(pixels(group, 0), np.moveaxis(level0(originals[vendor]), -1, 0))
+    multiscale = attributes(group)["ome"]["multiscales"][0]
+    scale = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale[1:] == pytest.approx([MPP, MPP], rel=1e-4)
+    record = attributes(group)["mira"]["slide"]
+    assert record["format"] == FORMATS[vendor]
+    assert record["objective_power"] == OBJECTIVES[vendor]
+    text = all_text(target, "p.ome.zarr")
+    assert not [token for token in PLANTED if token in text]
+
+
+@pytest.mark.parametrize("vendor", ["hamamatsu", "leica"])
+def test_converts_the_original_vendor_file_too(
+    originals: dict[str, Path], vendor: str, tmp_path: Path
+) -> None:
+    """``mira convert`` on a scanner's file as delivered (an SCN's macro comes first)."""
+    path = originals[vendor]
+    target = open_store(tmp_path / "pyramids")
+    convert_slide(open_store(path.parent), path.name, target, "p.ome.zarr", ConvertOptions())
+    group = open_pyramid(target, "p.ome.zarr")
+    assert np.array_equal(pixels(group, 0), np.moveaxis(level0(path), -1, 0))
+
+
+def test_multiplexed_qptiff_is_refused_clearly(tmp_path: Path) -> None:
+    path = write_multiplexed_qptiff(tmp_path / "multiplex.qptiff")
+    with path.open("rb") as stream:
+        inspection = inspect_object(stream)
+    assert inspection.slide is not None and inspection.slide.vendor == "akoya"
+    with pytest.raises(DeidentificationError, match="multiplexed QPTIFF"):
+        deidentify_slide(path, tmp_path / "out.tiff", KEY, DeidPolicy.default())
+    with pytest.raises(InvalidInput, match="multiplexed channels"):
+        convert_slide(
+            open_store(tmp_path), path.name, open_store(tmp_path / "p"), "p.ome.zarr",
+            ConvertOptions(),
+        )  # fmt: skip
