@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from mira.errors import AccessDenied, ConfigError, ObjectNotFound, StoreError
 from storage.base import S3Config
+from storage.security import check_endpoint, client_tls_args
 
 USER_PREFIX = "mira-"
 POLICY_NAME = "mira-access"
@@ -193,13 +194,14 @@ class IdentityAdmin:
         import botocore.session
         from botocore.config import Config
 
+        check_endpoint(config)
         self._client = botocore.session.get_session().create_client(
             "iam",
             endpoint_url=config.endpoint_url,
             aws_access_key_id=config.access_key_id,
             aws_secret_access_key=config.secret_access_key,
             region_name=config.region or "us-east-1",
-            verify=getattr(config, "ca_bundle", None) or None,
+            **client_tls_args(config),
             config=Config(retries={"total_max_attempts": 2, "mode": "standard"}),
         )
 

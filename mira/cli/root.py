@@ -95,6 +95,7 @@ def register_commands() -> None:
         catalog,
         convert,
         deid,
+        doctor,
         pipeline,
         qa,
         quarantine,
@@ -117,6 +118,7 @@ def register_commands() -> None:
     replicate.register(app)
     serve.register(app)
     access.register(app)
+    doctor.register(app)
 
 
 def plain_flags(command: Any) -> Any:
