@@ -2,7 +2,10 @@
 
 Clients reach the server through ``relay.config``; ``cut()`` closes the listening socket and
 every relayed connection, so requests in flight fail mid-way and new ones are refused. A
-``busy`` relay answers every request 503 itself and counts them.
+``busy`` relay answers every request 503 itself and counts them. A slow link waits ``delay_s``
+before forwarding each chunk; ``flip_once`` damages the link: one byte in the middle of the first
+large chunk sent towards the server (a request body) is inverted, as a faulty NIC or middlebox
+might, once.
 """
 
 from __future__ import annotations
@@ -12,19 +15,28 @@ import dataclasses
 import socket
 import struct
 import threading
+import time
 from types import TracebackType
 from urllib.parse import urlsplit
 
 from storage.base import S3Config
 
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends a reset
+FLIP_MIN_CHUNK = 16384  # a chunk this large is inside a body: headers are far smaller
 BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
 
 
 class Relay:
     """Forwards loopback connections to ``config``'s endpoint until ``cut``."""
 
-    def __init__(self, config: S3Config, *, busy: bool = False) -> None:
+    def __init__(
+        self,
+        config: S3Config,
+        *,
+        busy: bool = False,
+        delay_s: float = 0.0,
+        flip_once: bool = False,
+    ) -> None:
         target = urlsplit(config.endpoint_url or "")
         self.target = (target.hostname or "127.0.0.1", target.port or 80)
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -32,6 +44,9 @@ class Relay:
         self.config = dataclasses.replace(config, endpoint_url=f"http://127.0.0.1:{port}")
         self.requests = 0
         self.busy = busy  # answer every request 503 Service Unavailable instead of relaying
+        self.delay_s = delay_s
+        self.flip_pending = flip_once
+        self.flipped = 0  # bytes inverted so far
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._cut = threading.Event()
@@ -52,6 +67,10 @@ class Relay:
                     return
                 upstream = socket.create_connection(self.target)
                 self._sockets += [client, upstream]
+            if self.delay_s or self.flip_pending:
+                threading.Thread(target=self._damage, args=(client, upstream), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+                continue
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
@@ -71,6 +90,24 @@ class Relay:
     def _pipe(source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def _damage(self, source: socket.socket, sink: socket.socket) -> None:
+        """Forward towards the server slowly, or with one byte inverted in a request body."""
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if self.delay_s:
+                    time.sleep(self.delay_s)
+                if len(data) >= FLIP_MIN_CHUNK:
+                    with self._lock:
+                        flip, self.flip_pending = self.flip_pending, False
+                    if flip:
+                        damaged = bytearray(data)
+                        damaged[len(data) // 2] ^= 0xFF
+                        data = bytes(damaged)
+                        self.flipped += 1
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)

@@ -167,3 +167,56 @@ def test_a_dead_holders_claim_is_taken_over(site: Store) -> None:
     progress.release(first.claim)
     taken = progress.claim("b-001", "me")
     assert taken.claimed and taken.claim.generation == 2
+
+
+def test_cli_replicates_and_reports_the_lag(
+    site: Store, target: RemoteTarget, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from mira.cli.root import app, register_commands
+    from tasks.replicate import target_environment
+
+    register_commands()
+    for name, value in target_environment(target).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MIRA_REPLICATE_TARGETS", f"cloud={target.url}")
+    publish_batch(site, "b-001", 1)
+    publish_batch(site, "b-002", 2)
+    stores = ["--research", site.url, "--gateway", str(tmp_path / "gateway")]
+    runner = CliRunner()
+    before = runner.invoke(app, [*stores, "replicate", "status", "--json"])
+    assert before.exit_code == 0, before.output
+    (lag,) = json.loads(before.stdout)
+    assert (lag["target"], lag["batches"], lag["eta_seconds"]) == ("cloud", 2, None)
+    assert lag["oldest_unreplicated"] == "2026-01-01T00:01:00+00:00"
+
+    done = runner.invoke(app, [*stores, "replicate", "--max-mbps", "100"])
+    assert done.exit_code == 0, done.output
+    assert "b-001: replicated" in done.stdout and "replicated 2 batches" in done.stdout
+    after = runner.invoke(app, [*stores, "replicate", "status"])
+    assert after.exit_code == 0 and "cloud" in after.stdout
+
+
+def test_cli_refuses_a_target_without_its_own_credentials(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRA_")}
+    env["MIRA_RESEARCH_URL"] = str(tmp_path / "research")
+    mira = str(Path(sys.executable).with_name("mira"))
+    result = subprocess.run(
+        [mira, "replicate", "--target", "cloud=s3://bucket/prefix"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: replication target cloud has no credentials of its own: set "
+        "MIRA_REMOTE_CLOUD_ACCESS_KEY_ID and MIRA_REMOTE_CLOUD_SECRET_ACCESS_KEY"
+    ]

@@ -21,9 +21,11 @@ from tasks.replicate.replicator import (
     replicate,
 )
 from tasks.replicate.status import TargetLag, lag_report, target_lag
+from tasks.replicate.targets import TARGETS_ENV, target_environment, targets_from
 from tasks.replicate.transfer import LinkOptions
 
 __all__ = [
+    "TARGETS_ENV",
     "BatchClaim",
     "BatchDone",
     "BatchPlan",
@@ -40,5 +42,7 @@ __all__ = [
     "plan_batch",
     "published_batches",
     "replicate",
+    "target_environment",
     "target_lag",
+    "targets_from",
 ]
