@@ -52,6 +52,8 @@ REFUSED: Mapping[str, str] = {
     "decompression-bomb": "checking it would decode more than the ceiling allows",
     "unreadable": _BROKEN,
     "invalid-pyramid": _BROKEN,
+    "incomplete-slide": "its slide's series is incomplete or inconsistent: upload the whole "
+    "series again",
     "deid-invalid": _BROKEN,
     "duplicate-uid-conflict": "another file holds its SOP Instance UID with other content; "
     "fix the UIDs at the source",
@@ -164,7 +166,8 @@ class QuarantineQueue:
                 "put it back into: run `mira deid` on the file again"
             )
         else:
-            raise InvalidInput(f"{item.id} cannot be released ({item.reason}): {item.release_rule}")
+            why = REFUSED.get(item.reason, "mira has no release rule for this reason")
+            raise InvalidInput(f"{item.id} cannot be released ({item.reason}): {why}")
         return self._decide(item, "released", by, note, where)
 
     def drop(self, item_id: str, by: str, note: str = "") -> dict[str, Any]:
