@@ -230,10 +230,13 @@ def write_dicom_wsi(
     associated: tuple[str, ...] = ("LABEL", "OVERVIEW"),
     mpp: float = 0.25,
     seed: int = 0,
+    thumbnail_text: str = "",
 ) -> list[Path]:
     """Write a slide as DICOM WSI instances in ``folder``: one per level (level 0 split into
     ``parts`` concatenation parts), each level 2x smaller, plus the ``associated`` images.
 
+    ``associated`` may name LABEL, OVERVIEW (a white card with a dark bar) and THUMBNAIL (the
+    slide reduced, with ``thumbnail_text`` written across it when given).
     ``sparse`` writes TILED_SPARSE frames with their positions; ``skip_tiles`` leaves those
     level-0 tiles out (sparse: absent tiles; full: a frame missing, so the level is incomplete).
     """
@@ -276,8 +279,7 @@ def write_dicom_wsi(
             pydicom.dcmwrite(path, ds, enforce_file_format=True)
             paths.append(path)
     for flavour in associated:
-        image = np.full((96, 160, 3), 250, np.uint8)
-        image[30:60, 20:140] = 20  # a dark bar where a label prints its barcode and name
+        image = _associated_image(flavour, height, width, seed, thumbnail_text)
         ds = _wsi_dataset(uids, flavour, image.shape[:2], 0, codec, None, None)
         ds.NumberOfFrames = 1
         ds.DimensionOrganizationType = "TILED_FULL"
@@ -286,6 +288,32 @@ def write_dicom_wsi(
         pydicom.dcmwrite(path, ds, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def _associated_image(
+    flavour: str, height: int, width: int, seed: int, thumbnail_text: str
+) -> Pixels:
+    if flavour != "THUMBNAIL":
+        image = np.full((96, 160, 3), 250, np.uint8)
+        image[30:60, 20:140] = 20  # a dark bar where a label prints its barcode and name
+        return image
+    import cv2
+
+    step = max(1, -(-max(height, width) // 320))
+    image = np.ascontiguousarray(
+        tile_pixels(0, 0, -(-height // step), -(-width // step), seed, step)
+    )
+    if thumbnail_text:
+        cv2.putText(
+            image,
+            thumbnail_text,
+            (8, image.shape[0] // 2),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.9,
+            (0, 0, 0),
+            2,
+        )
+    return image
 
 
 def dicom_wsi_pixels(height: int, width: int, tile: int = 128, seed: int = 0) -> Pixels:

@@ -21,6 +21,7 @@ from wsidicom import WsiDicom
 
 from mira.errors import InvalidInput
 from storage import Store, open_store
+from tasks.deid import DeidPolicy, deidentify_folder
 from tasks.ingest import (
     WSI_SOP_CLASS,
     WsiInstance,
@@ -245,3 +246,58 @@ def test_ingest_holds_back_the_slide_of_a_truncated_instance(
     assert result.quarantined.get("incomplete-slide") == 1
     other = local_store.read_json("quarantine/wsi3/slide/level1-0.dcm.reason.json")
     assert "level0" not in other["detail"] and "was refused (truncated" in other["detail"]
+
+
+def _pixel_data(path: Path) -> bytes:
+    return bytes(pydicom.dcmread(path).PixelData)
+
+
+def test_deid_keeps_the_slide_whole_and_drops_labels_and_a_thumbnail_with_text(
+    tmp_path: Path,
+) -> None:
+    texts = ("LABEL", "OVERVIEW", "THUMBNAIL")
+    a = write_dicom_wsi(
+        tmp_path / "in" / "a", HEIGHT, WIDTH, tile=TILE, parts=2, associated=texts,
+        thumbnail_text="DOE JOHN S24-1984",
+    )  # fmt: skip
+    b = write_dicom_wsi(
+        tmp_path / "in" / "b", HEIGHT, WIDTH, tile=TILE, codec="jpegls", seed=1,
+        associated=("THUMBNAIL",),
+    )  # fmt: skip
+    result = deidentify_folder(
+        open_store(tmp_path / "in"),
+        open_store(tmp_path / "out"),
+        open_store(tmp_path / "held"),
+        b"k" * 32,
+        DeidPolicy.default(),
+    )
+    assert result.quarantined == {"slide-label-image": 2, "slide-thumbnail-text": 1}
+    outputs = sorted((tmp_path / "out").rglob("*.dcm"))
+    kept = {_pixel_data(path) for path in [*a[:3], *b]}
+    assert len(outputs) == 6 and {_pixel_data(path) for path in outputs} == kept  # frames as-is
+    for path in outputs:
+        data = path.read_bytes()
+        assert not any(phi.encode() in data for phi in ("DOE^JOHN", "MRN-4455-DICOM", "S24-1984"))
+    folders = {path.parent for path in outputs}
+    assert len(folders) == 2  # one series per slide, every instance in it
+    for folder in folders:
+        headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in folder.glob("*")]
+        uids = {(h.StudyInstanceUID, h.SeriesInstanceUID, h.FrameOfReferenceUID) for h in headers}
+        assert len(uids) == 1
+        assert {h.SeriesInstanceUID for h in headers}.isdisjoint(
+            pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID for path in a + b
+        )
+    slide_a = next(f for f in folders if len(list(f.glob("*"))) == 3 and _has_parts(f))
+    out = open_store(tmp_path / "out")
+    key = str(slide_a.relative_to(tmp_path / "out"))
+    convert_slide(out, key, open_store(tmp_path / "pa"), "p.ome.zarr", OPTIONS)
+    _convert(tmp_path / "in", "a", tmp_path / "pin")
+    assert np.array_equal(
+        Pyramid(tmp_path / "pa" / "p.ome.zarr")["0"], Pyramid(tmp_path / "pin" / "p.ome.zarr")["0"]
+    )
+
+
+def _has_parts(folder: Path) -> bool:
+    return any(
+        "ConcatenationUID" in pydicom.dcmread(p, stop_before_pixels=True) for p in folder.glob("*")
+    )

@@ -28,6 +28,7 @@ from storage import Store, join_key, open_store
 from tasks import layout
 from tasks.dataset import INSTANCE_SCHEMA, SLIDE_SCHEMA, summarise_instances, write_part
 from tasks.deid.dicom import deidentify_dicom
+from tasks.deid.dicom_wsi import associated_image_refusal
 from tasks.deid.duplicates import (
     DUPLICATES_NAME,
     duplicate_records,
@@ -305,7 +306,11 @@ def _input_identifiers(job: DeidJob, item: WorkItem) -> set[str]:
 
 
 def _deidentify_dicom(job: DeidJob, item: WorkItem) -> Outcome:
-    result = deidentify_dicom(read_ingested(job.source, item.key, item.record), job.key, job.policy)
+    data = read_ingested(job.source, item.key, item.record)
+    dropped = associated_image_refusal(data)  # a whole-slide LABEL, OVERVIEW, or text thumbnail
+    if dropped is not None:
+        return Outcome(item=item, refusal=dropped[0], detail=dropped[1])
+    result = deidentify_dicom(data, job.key, job.policy)
     research_key = layout.instance_key(
         result.patient_id, result.study_uid, result.series_uid, result.sop_instance_uid
     )
