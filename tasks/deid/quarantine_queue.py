@@ -60,6 +60,8 @@ REFUSED: Mapping[str, str] = {
     "uid-conflict": "another file holds its SOP Instance UID with other content; "
     "fix the UIDs at the source",
     "phi-detected": "held by an older mira that kept no de-identified output; upload it again",
+    "slide-label-image": "a slide's label or overview image shows identifying text by nature",
+    "slide-thumbnail-text": "a slide's thumbnail shows text; it is never published",
 }
 RELEASE_RULES: Mapping[str, str] = {
     PHI_SUSPECT: "published to the research store exactly as staged, with its catalog rows",
@@ -94,7 +96,15 @@ class HeldItem:
         return str(self.decisions[-1]["action"]) if self.decisions else "pending"
 
     @property
+    def holds_output(self) -> bool:
+        """Whether a de-identified output was kept for it (``phi-suspect``, or any hold whose
+        record names a staged output): release publishes that output as staged."""
+        return self.reason == PHI_SUSPECT or bool(self.record.get("staged_key"))
+
+    @property
     def release_rule(self) -> str:
+        if self.holds_output:
+            return RELEASE_RULES[PHI_SUSPECT]
         return RELEASE_RULES.get(self.reason, f"refused: no release rule for {self.reason!r}")
 
 
@@ -153,7 +163,7 @@ class QuarantineQueue:
         decision recorded. A phi-suspect item of a batch needs ``research``; one of ``mira
         deid`` is published into the folder it was made for, opened with ``open_store``."""
         item = self._pending(item_id, by)
-        if item.reason == PHI_SUSPECT:
+        if item.holds_output:
             target = research if item.batch else _output_store(item, open_store)
             if target is None:
                 raise InvalidInput("releasing a phi-suspect item needs the research store")
