@@ -199,6 +199,22 @@ def test_cli_replicates_and_reports_the_lag(
     after = runner.invoke(app, [*stores, "replicate", "status"])
     assert after.exit_code == 0 and "cloud" in after.stdout
 
+    # the audit trail records every object copied to the remote, with its SHA-256
+    records = [
+        json.loads(line)
+        for info in site.list("audit/")
+        for line in site.read_bytes(info.key).splitlines()
+        if line.strip()
+    ]
+    (copied,) = [r for r in records if r["operation"] == "replicate"]
+    (remote,) = [s for s in copied["stores"] if s["url"] == target.url and s["access"] == "write"]
+    wanted = expected_contents(site, ["b-001", "b-002"])
+    assert remote["objects"] == len(wanted)
+    data_keys = {k for k in wanted if not k.startswith("catalog/")}
+    listed = {entry["key"]: entry["sha256"] for entry in remote["keys"]}
+    assert data_keys <= set(listed)
+    assert all(listed[k] == __import__("hashlib").sha256(wanted[k]).hexdigest() for k in data_keys)
+
 
 def test_cli_refuses_a_target_without_its_own_credentials(tmp_path: Path) -> None:
     import os

@@ -9,6 +9,7 @@ done and release the claim. A link that stays down ends the target's pass with t
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -173,7 +174,10 @@ def _copy_batch(
     renewed = time.monotonic()
     try:
         with ThreadPoolExecutor(max(1, options.concurrency)) as pool:
-            for result in pool.map(copier.copy, plan.objects):
+            # each object in a copy of this context: the audit trail's listener sees its I/O
+            contexts = [contextvars.copy_context() for _ in plan.objects]
+            copies = pool.map(lambda c, o: c.run(copier.copy, o), contexts, plan.objects)
+            for result in copies:
                 results.append(result)
                 if time.monotonic() - renewed > progress.lease.total_seconds() / 3:
                     claim = progress.renew(claim)

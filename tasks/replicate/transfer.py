@@ -213,7 +213,9 @@ class ObjectCopier:
                 )
                 self.progress.save_upload(record)
         listing = [(n, parts[n][0], digests[n - 1]) for n in range(1, len(digests) + 1)]
-        composite = self.uploader.complete_multipart(obj.key, record.upload_id, listing)
+        composite = self.uploader.complete_multipart(
+            obj.key, record.upload_id, listing, size=obj.size, sha256=obj.sha256
+        )
         self.progress.drop_upload(obj.key)
         if composite and composite != composite_checksum(digests):
             raise IntegrityError(f"the remote's composite checksum of {obj.key} differs")
