@@ -356,3 +356,34 @@ def test_the_run_summary_prints_the_held_share_and_duplicates_it_wrote(
     assert "ingest: 3 accepted, 1 quarantined, 1 duplicates" in lines
     assert any("(1 phi-suspect), 0 duplicates" in line for line in lines)
     assert lines[-1] == "held 2 of 5 files (40.0%): empty-file 1, phi-suspect 1"
+
+
+def test_a_held_slide_is_shown_and_released_into_the_slides_table(
+    local_store: Store, tmp_path: Path
+) -> None:
+    """A profile that keeps the Aperio Filename: the upload's own file name is found in the
+    output's ImageDescription, so the slide is held; released, it is catalogued as a slide."""
+    from tasks.deid import DeidPolicy as Policy
+    from tests.slides import write_slide
+
+    gateway, research = local_store.child("gateway"), local_store.child("research")
+    slide = write_slide(tmp_path / "slide.svs", 1024, 1024, kind="svs").read_bytes()
+    drop_batch(gateway, BATCH, {"DOE-JOHN-1984-S1.svs": slide})  # the name Filename holds
+    keeps_filename = {"slide_safe_keys": sorted(Policy.default().slide_safe_keys | {"Filename"})}
+    result = run_batch(gateway, research, BATCH, policy_from_mapping(keeps_filename))
+    assert result.quarantined == {"phi-suspect": 1} and result.slides == 0  # type: ignore[attr-defined]
+    assert [o.key for o in research.list() if o.key.startswith("slides/")] == []
+
+    queue = QuarantineQueue(gateway)
+    item = queue.item(f"{BATCH}/DOE-JOHN-1984-S1.svs")
+    assert item.record["attributes"] == ["page[0].ImageDescription"]
+    staged = gateway.read_bytes(item.record["staged_key"])
+    ((_, value),) = flagged_values(staged, item.record["attributes"], "")
+    assert "Filename = DOE-JOHN-1984-S1" in value
+    decision = queue.release(item.id, "dr-ada", "a test scan's name", research=research)
+    key = decision["result"]
+    assert key.startswith("slides/") and research.read_bytes(key) == staged
+    (row,) = catalog.read_table(research, "slides").to_pylist()
+    assert row["key"] == key and row["batch"] == BATCH
+    batches = catalog.read_part(research, "batches", BATCH)
+    assert batches is not None and batches.column("slides").to_pylist() == [1]
