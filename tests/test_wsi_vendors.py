@@ -5,6 +5,7 @@ rebuilt, no planted identifier left) and converted to OME-Zarr losslessly at the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from mira.errors import DeidentificationError, InvalidInput
 from storage import open_store
 from tasks.deid import DeidPolicy, deidentify_slide, scan_for_phi
 from tasks.ingest.sniff import inspect_object
+from tasks.sample import generate_sample_data
 from tasks.slide_vendors import associated_pages, main_series, slide_vendor
 from tasks.wsi.convert import ConvertOptions, convert_slide
 from tests.test_wsi import all_text, attributes, open_pyramid, pixels
@@ -194,3 +196,35 @@ def test_multiplexed_qptiff_is_refused_clearly(tmp_path: Path) -> None:
             open_store(tmp_path), path.name, open_store(tmp_path / "p"), "p.ome.zarr",
             ConvertOptions(),
         )  # fmt: skip
+
+
+def test_sample_data_emits_an_ndpi_that_ingests_deidentifies_and_converts(
+    tmp_path: Path,
+) -> None:
+    """``mira sample-data --ndpi-slides 1`` (the demo asks for one): an NDPI in the pathology
+    batch, label text and case in its tags, gone after de-identification, converted losslessly."""
+    summary = generate_sample_data(
+        tmp_path / "drop", patients=1, slides=0, slide_size=1024, ndpi_slides=1
+    )
+    (path,) = sorted((tmp_path / "drop").rglob("*.ndpi"))
+    truth = json.loads(summary.phi_truth.read_text())["patients"][0]["slides"][0]
+    assert truth["case_number"] in path.name
+    slide = openslide.OpenSlide(str(path))
+    assert slide.properties["openslide.vendor"] == "hamamatsu"
+    assert slide.properties["hamamatsu.SourceLens"] == "20"
+    assert set(slide.associated_images) == {"macro"}
+    with path.open("rb") as stream:
+        inspection = inspect_object(stream)
+    assert inspection.slide is not None and inspection.slide.vendor == "hamamatsu"
+    research = tmp_path / "research"
+    research.mkdir()
+    result = deidentify_slide(path, research / "s.tiff", KEY, DeidPolicy.default())
+    assert result.removed_images == ("macro",)
+    data = (research / "s.tiff").read_bytes()
+    assert truth["case_number"].encode() not in data and truth["scanscope_id"].encode() not in data
+    assert scan_for_phi([("slides/s.tiff", data)], result.identifiers) == []
+    target = open_store(tmp_path / "pyramids")
+    convert_slide(open_store(research), "s.tiff", target, "p.ome.zarr", ConvertOptions())
+    assert np.array_equal(
+        pixels(open_pyramid(target, "p.ome.zarr"), 0), np.moveaxis(level0(path), -1, 0)
+    )

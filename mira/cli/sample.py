@@ -20,6 +20,9 @@ def sample_data(
         int, typer.Option(min=512, help="Slide level-0 side in pixels.")
     ] = 20_000,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives byte-identical files.")] = 0,
+    ndpi_slides: Annotated[
+        int, typer.Option(min=0, help="More slides in Hamamatsu NDPI layout (at most 4096 px).")
+    ] = 0,
 ) -> None:
     """Write upload batches built from pydicom's real DICOM files and generated slides.
 
@@ -36,6 +39,7 @@ def sample_data(
             slide_size=slide_size,
             seed=seed,
             progress=progress,
+            ndpi_slides=ndpi_slides,
         )
     table = Table(title=f"sample drop zone: {summary.root}")
     table.add_column("batch")

@@ -9,7 +9,7 @@ byte-identical files: UIDs, dates and pixels derive from the seed only.
 Layout of ``out_dir``::
 
     batch-0001-radiology/<FAMILY_GIVEN>/<date>_CT|MR/IM0001.dcm ...  + _READY (empty)
-    batch-0002-pathology/<FAMILY_GIVEN>/<case>_<FAMILY_GIVEN>.svs    + manifest.json
+    batch-0002-pathology/<FAMILY_GIVEN>/<case>_<FAMILY_GIVEN>.svs|.ndpi + manifest.json
     batch-0003-mixed/<FAMILY_GIVEN>/<date>_US/IM0001.dcm, broken files + _READY (empty)
     batch-0004-uploading/<FAMILY_GIVEN>/<date>_CT/IM0001.dcm ...     no marker: still uploading
     _sample_phi.json
@@ -389,12 +389,18 @@ def generate_sample_data(
     slide_size: int = 20_000,
     seed: int = 0,
     progress: Progress | None = None,
+    ndpi_slides: int = 0,
 ) -> SampleDataSummary:
     """Write the demo drop zone into ``out_dir`` (new or empty) and the PHI ground truth beside it.
+
+    ``ndpi_slides`` more slides are written in Hamamatsu NDPI layout (at most 4096 px a side).
 
     ``progress(step, done, total)`` is called as patients and slide tiles are finished.
     """
     _check_options(out_dir, patients, slides, slide_size)
+    if ndpi_slides < 0:
+        raise InvalidInput(f"ndpi_slides must be 0 or more, not {ndpi_slides}")
+    slides += ndpi_slides
     report = progress or (lambda step, done, total: None)
     people = [make_patient(i, seed) for i in range(patients)]
     valid, broken = _write_dicom_batches(out_dir, people, seed, report)
@@ -403,7 +409,9 @@ def generate_sample_data(
         for index, owner in ((i, people[i % patients]) for i in range(slides))
     ]
     if identities:  # with --slides 0 there is no pathology batch at all
-        write_pathology_batch(out_dir / PATHOLOGY_BATCH, identities, slide_size, report)
+        write_pathology_batch(
+            out_dir / PATHOLOGY_BATCH, identities, slide_size, report, ndpi=ndpi_slides
+        )
     for batch in (RADIOLOGY_BATCH, MIXED_BATCH):
         (out_dir / batch / READY_MARKER).write_bytes(b"")
     patients_truth = [

@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
 from mira.errors import InvalidInput
+from tasks.sample.ndpi import NdpiIdentity, NdpiSlide, write_ndpi
 
 Progress = Callable[[str, int, int], None]
 FloatImage = NDArray[np.float32]
@@ -38,6 +39,8 @@ MIN_LEVELS = 3
 THUMBNAIL_MAX = 768
 LABEL_SIZE = (387, 463)
 MACRO_SIZE = (1280, 431)
+NDPI_MAX_SIZE = 4096  # sample NDPI side at most: a level is one JPEG, encoded in memory
+NDPI_MPP = 0.4416  # a NanoZoomer's pixel size at 20x
 MAP_SIZE = 1024
 TEXTURE_PERIOD = 1024
 TEXTURE_SEED = 0xE05
@@ -456,26 +459,55 @@ def slide_identity(
     )
 
 
-def slide_path(slide: SlideIdentity) -> str:
+def slide_path(slide: SlideIdentity, suffix: str = ".svs") -> str:
     """Where the slide sits inside the pathology batch: a patient folder, as sites upload."""
-    return f"{slide.patient_name.replace('^', '_')}/{slide.filename}.svs"
+    return f"{slide.patient_name.replace('^', '_')}/{slide.filename}{suffix}"
+
+
+def write_sample_ndpi(path: Path, slide: SlideIdentity, slide_size: int) -> None:
+    """One synthetic slide of the sample drop zone in NDPI layout: the same painter and label as
+    the SVS samples, at most ``NDPI_MAX_SIZE`` px (a level is one JPEG, encoded in memory)."""
+    size = min(slide_size, NDPI_MAX_SIZE)
+    painter = SlidePainter(size, slide.seed)
+    levels = tuple(painter.level_image(level) for level in range(len(painter.sizes)))
+    overview = overview_image(painter, min(THUMBNAIL_MAX, size // 3))
+    macro = np.asarray(macro_image(overview, label_image(slide)).convert("RGB"))
+    month, day, year = (int(part) for part in slide.date.split("/"))
+    hour, minute, second = (int(part) for part in slide.time.split(":"))
+    identity = NdpiIdentity(
+        slide_label=f"{slide.case_number} {slide.patient_name}",
+        serial_number=slide.scanscope_id,
+        scanned=dt.datetime(2000 + year, month, day, hour, minute, second),
+        reference=rf"C:\NDP\Scans\{slide.filename}.ndpi",
+    )
+    write_ndpi(path, NdpiSlide(levels, macro, NDPI_MPP, 20.0, identity, quality=80))
 
 
 def write_pathology_batch(
-    batch_dir: Path, slides: list[SlideIdentity], slide_size: int, progress: Progress | None
+    batch_dir: Path,
+    slides: list[SlideIdentity],
+    slide_size: int,
+    progress: Progress | None,
+    ndpi: int = 0,
 ) -> Path:
-    """Write the slides, then ``manifest.json`` last, which tells ingestion the batch is complete.
+    """Write the slides (the last ``ndpi`` of them as Hamamatsu NDPI, the others as Aperio
+    SVS), then ``manifest.json`` last, which tells ingestion the batch is complete.
 
     The manifest is ``{"batch": name, "files": [{"path": relative posix path, "sha256": hex,
     "size": int, "patient_id": str}]}``, listing every file of the batch but itself; each
     slide's ``patient_id`` links it to its patient (the PatientID of their DICOM files).
     """
     owners: dict[str, str] = {}
-    for slide in slides:
-        path = batch_dir / slide_path(slide)
+    for index, slide in enumerate(slides):
+        as_ndpi = index >= len(slides) - ndpi
+        name = slide_path(slide, ".ndpi" if as_ndpi else ".svs")
+        path = batch_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_svs(path, slide, slide_size, progress)
-        owners[slide_path(slide)] = slide.patient_id
+        if as_ndpi:
+            write_sample_ndpi(path, slide, slide_size)
+        else:
+            write_svs(path, slide, slide_size, progress)
+        owners[name] = slide.patient_id
     files = sorted(p for p in batch_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
     entries = [
         {
