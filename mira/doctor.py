@@ -126,19 +126,20 @@ def access_checks(
         )
     else:
         yield _applied_check(settings, policy, zones)
-    if policy is None:
-        yield Check(
-            "gateway readable by",
-            f"gateway {settings.gateway_url}",
-            "warn",
-            "not governed by a policy: anyone with the store's keys",
+    gateway = f"gateway {stores['gateway'].url}"
+    if policy is None or stores["gateway"].is_local:
+        who = (
+            "whoever may read the folder on this machine"
+            if stores["gateway"].is_local
+            else "not governed by a policy: anyone with the store's keys"
         )
+        yield Check("gateway readable by", gateway, "warn", who)
         return
     readers = readers_of(policy, zones, zones.gateway)
     outsiders = [n for n in readers if policy.principals[n].role is not Role.PIPELINE]
     yield Check(
         "gateway readable by",
-        f"gateway {settings.gateway_url}",
+        gateway,
         "fail" if outsiders else "pass",
         f"{', '.join(readers) or 'nobody'} (pipeline role"
         + (f"; not pipeline: {', '.join(outsiders)})" if outsiders else " only)"),

@@ -341,6 +341,41 @@ def test_curator_writes_reviews_and_snapshots_only(applied: Applied) -> None:
 
 
 @pytest.mark.s3
+def test_admin_lifts_a_governance_lock_but_nobody_a_compliance_lock(applied: Applied) -> None:
+    now = datetime.now(UTC)
+    ops, pipeline = applied.as_("ops"), applied.as_("etl")
+    for mode, admin_may in (("GOVERNANCE", True), ("COMPLIANCE", False)):
+        key = f"lab/snapshots/admin-{mode.lower()}-{uuid.uuid4().hex[:6]}/card.json"
+        written = pipeline.put_object(
+            Bucket=RESEARCH_BUCKET,
+            Key=key,
+            Body=b"{}",
+            ObjectLockMode=mode,
+            ObjectLockRetainUntilDate=now + timedelta(days=10),
+        )
+        target = {"Bucket": RESEARCH_BUCKET, "Key": key, "VersionId": written["VersionId"]}
+        shorter = {"Mode": mode, "RetainUntilDate": now + timedelta(days=1)}
+        bypass = {"BypassGovernanceRetention": True, "Retention": shorter}
+        assert _error_code(pipeline.put_object_retention, **target, **bypass) == "AccessDenied"
+        if admin_may:
+            ops.put_object_retention(**target, **bypass)
+        else:
+            assert _error_code(ops.put_object_retention, **target, **bypass) == "AccessDenied"
+
+
+@pytest.mark.s3
+def test_pipeline_writes_and_deletes_research_objects(applied: Applied) -> None:
+    pipeline = applied.as_("etl")
+    key = f"lab/dicom/PC/{uuid.uuid4().hex[:6]}.dcm"
+    pipeline.put_object(Bucket=RESEARCH_BUCKET, Key=key, Body=b"deidentified")
+    pipeline.delete_object(Bucket=RESEARCH_BUCKET, Key=key)
+    pipeline.put_object(Bucket=GATEWAY_BUCKET, Key="site/dropzone/b2/new.dcm", Body=b"upload")
+    pipeline.delete_object(Bucket=GATEWAY_BUCKET, Key="site/dropzone/b2/new.dcm")
+    code = _error_code(pipeline.get_object, Bucket=RESEARCH_BUCKET, Key=key)
+    assert code == "NoSuchKey"
+
+
+@pytest.mark.s3
 def test_rotation_refuses_the_old_keys(applied: Applied) -> None:
     old_client = applied.as_("reader-b")
     old_key = applied.keys("reader-b")[0]
@@ -411,3 +446,12 @@ def test_aws_format_writes_one_document_per_principal(tmp_path: Path) -> None:
         )
     ]
     assert gateway_readers == ["etl"]
+
+
+def test_the_example_policy_is_valid() -> None:
+    example = Path(__file__).parents[1] / "deployments" / "access-policy.example.yaml"
+    policy = load_policy(example)
+    assert {p.role for p in policy.principals.values()} == set(Role)
+    granted = permissions(policy, Stores(gateway=GATEWAY, research=RESEARCH))
+    bob = json.dumps(policy_document(granted["bob"]))
+    assert "arn:aws:s3:::research-site-b/*" in bob and "lab/dicom/P-1001/*" in bob
