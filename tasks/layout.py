@@ -63,6 +63,23 @@ def pyramid_key(slide: str) -> str:
     return join_key(PYRAMIDS, f"{slide_id_of(slide)}{PYRAMID_SUFFIX}")
 
 
+def dicom_slide_id(series_folder: str) -> str:
+    """The slide id of a DICOM whole-slide series ``dicom/<patient>/<study>/<series>``: its
+    (pseudonymised) Series Instance UID."""
+    parts = series_folder.strip("/").split("/")
+    if len(parts) != 4 or parts[0] != DICOM or not all(parts):
+        raise InvalidInput(
+            f"{series_folder!r} is not a research DICOM series ({DICOM}/<patient>/<study>/<series>)"
+        )
+    return parts[3]
+
+
+def dicom_pyramid_key(series_folder: str) -> str:
+    """``dicom/<patient>/<study>/<series>`` -> ``pyramids/<series>.ome.zarr``: a DICOM
+    whole-slide series' pyramid."""
+    return join_key(PYRAMIDS, f"{dicom_slide_id(series_folder)}{PYRAMID_SUFFIX}")
+
+
 def quarantine_key(batch: str, path: str) -> str:
     """The quarantined copy of ``path`` (relative to its batch) on the gateway."""
     return join_key(QUARANTINE, batch, path)

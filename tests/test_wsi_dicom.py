@@ -21,7 +21,7 @@ from wsidicom import WsiDicom
 
 from mira.errors import InvalidInput
 from storage import Store, open_store
-from tasks.deid import DeidPolicy, deidentify_folder
+from tasks.deid import DeidPolicy, deidentify_batch, deidentify_folder
 from tasks.ingest import (
     WSI_SOP_CLASS,
     WsiInstance,
@@ -30,7 +30,7 @@ from tasks.ingest import (
     read_accepted,
     read_wsi_instance,
 )
-from tasks.wsi import ConvertOptions, convert_slide
+from tasks.wsi import ConvertOptions, catalog_pyramids, convert_pending_slides, convert_slide
 from tests.slides import dicom_wsi_pixels, write_dicom_wsi
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -301,3 +301,22 @@ def _has_parts(folder: Path) -> bool:
     return any(
         "ConcatenationUID" in pydicom.dcmread(p, stop_before_pixels=True) for p in folder.glob("*")
     )
+
+
+def test_a_dropped_series_is_ingested_deidentified_and_converted_as_one_slide(
+    tmp_path: Path,
+) -> None:
+    gateway, research = open_store(tmp_path / "gw"), open_store(tmp_path / "research")
+    write_dicom_wsi(tmp_path / "s", HEIGHT, WIDTH, tile=TILE, codec="jpeg2000", parts=2)
+    _drop(gateway, "wsi4", tmp_path / "s")
+    assert ingest_batch(gateway, "wsi4").accepted == 5
+    deid = deidentify_batch(gateway, research, "wsi4", b"k" * 32, DeidPolicy.default())
+    assert (deid.instances, deid.quarantined) == (3, {"slide-label-image": 2})
+    results = convert_pending_slides(research, OPTIONS)
+    assert len(results) == 1 and not results[0].skipped
+    (series,) = {path.parent for path in (tmp_path / "research" / "dicom").rglob("*.dcm")}
+    assert results[0].pyramid_key == f"pyramids/{series.name}.ome.zarr"
+    pyramid = Pyramid(tmp_path / "research" / results[0].pyramid_key)
+    assert np.array_equal(_level0(pyramid), dicom_wsi_pixels(HEIGHT, WIDTH, TILE))
+    catalog_pyramids(research, results)
+    assert [r.skipped for r in convert_pending_slides(research, OPTIONS)] == [True]

@@ -7,7 +7,7 @@ from typing import Any
 
 from storage import Store
 from tasks.dataset import write_part
-from tasks.layout import slide_id_of
+from tasks.layout import DICOM, dicom_slide_id, slide_id_of
 from tasks.wsi.convert import ConversionResult
 
 
@@ -27,4 +27,11 @@ def pyramid_row(result: ConversionResult) -> dict[str, Any]:
 def catalog_pyramids(research: Store, results: Iterable[ConversionResult]) -> None:
     """Record each pyramid in its slide's part of ``pyramids`` (a rerun rewrites the same row)."""
     for result in results:
-        write_part(research, "pyramids", slide_id_of(result.source_key), [pyramid_row(result)])
+        write_part(research, "pyramids", _slide_id(result.source_key), [pyramid_row(result)])
+
+
+def _slide_id(source_key: str) -> str:
+    """A slide file's id, or a DICOM whole-slide series' (its Series Instance UID)."""
+    if source_key.startswith(f"{DICOM}/"):
+        return dicom_slide_id(source_key)
+    return slide_id_of(source_key)

@@ -40,6 +40,7 @@ from tasks.parallel import dask_client
 from tasks.wsi.dicom_source import (
     DICOM_FORMAT,
     dicom_level0_codecs,
+    dicom_slide_folders,
     is_dicom_slide,
     series_info,
     series_sha256,
@@ -164,16 +165,22 @@ def convert_slide(
 
 
 def convert_pending_slides(research: Store, options: ConvertOptions) -> list[ConversionResult]:
-    """Convert every ``slides/<slide>.tiff`` without a current ``pyramids/<slide>.ome.zarr``.
+    """Convert every ``slides/<slide>.tiff`` without a current ``pyramids/<slide>.ome.zarr``,
+    and every DICOM whole-slide series ``dicom/<patient>/<study>/<series>`` of the catalog
+    without a current ``pyramids/<series>.ome.zarr``.
 
     Returns one result per slide, ``skipped`` for those already current. One Dask cluster serves
     every slide that needs one; none is started when nothing is pending.
     """
     results: list[ConversionResult] = []
     pending: list[_Work] = []
-    for info in _slide_objects(research):
+    sources = [(info, layout.pyramid_key(info.key)) for info in _slide_objects(research)]
+    sources += [
+        (series_info(research, folder), layout.dicom_pyramid_key(folder))
+        for folder in dicom_slide_folders(research)
+    ]
+    for info, pyramid_key in sources:
         started = time.perf_counter()
-        pyramid_key = layout.pyramid_key(info.key)
         record = read_completion_record(research, pyramid_key)
         sha = _current_sha(research, info.key, info, record, None)
         if record is not None and _is_current(record, sha, options):

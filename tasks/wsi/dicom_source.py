@@ -26,7 +26,9 @@ from zarr.codecs import TransposeCodec
 
 from mira.errors import InvalidInput
 from storage import ObjectInfo, Store
+from tasks.dataset import read_table
 from tasks.ingest import (
+    WSI_SOP_CLASS,
     FrameSpans,
     WsiInstance,
     check_wsi_series,
@@ -76,6 +78,19 @@ def series_objects(store: Store, folder: str) -> list[ObjectInfo]:
         (info for info in store.list(prefix) if "/" not in info.key[len(prefix) :]),
         key=lambda info: info.key,
     )
+
+
+def dicom_slide_folders(research: Store) -> list[str]:
+    """The research store's DICOM whole-slide series (``dicom/<patient>/<study>/<series>``),
+    from the catalog's instances of the VL Whole Slide Microscopy class."""
+    instances = read_table(research, "instances")
+    if not {"key", "sop_class_uid"} <= set(instances.column_names):
+        return []
+    rows = instances.select(["key", "sop_class_uid"]).to_pylist()
+    folders = {
+        row["key"].rsplit("/", 1)[0] for row in rows if row["sop_class_uid"] == WSI_SOP_CLASS
+    }
+    return sorted(folder for folder in folders if series_objects(research, folder))
 
 
 def is_dicom_slide(store: Store, key: str) -> bool:
