@@ -277,15 +277,18 @@ def test_ordinary_folder_names_do_not_block_a_batch(local_store: Store, path: st
 
 
 def test_a_name_in_a_folder_is_still_caught(local_store: Store) -> None:
-    """A descriptor that kept the folder's patient name (not the file's own): the scan stops it."""
+    """A descriptor that kept the folder's patient name (not the file's own): the scan holds
+    the file as phi-suspect."""
     gateway, research = local_store.child("gateway"), local_store.child("research")
     upload(
         gateway, "batch-names", {"SMITH_MARIA/CT/IM0001.dcm": ct_file(description="SMITH_MARIA")}
     )
     ingest_batch(gateway, "batch-names")
-    with pytest.raises(PhiLeak, match="nothing was published"):
-        deidentify_batch(gateway, research, "batch-names", KEY, DeidPolicy.default())
-    assert list(research.list()) == []
+    result = deidentify_batch(gateway, research, "batch-names", KEY, DeidPolicy.default())
+    assert result.quarantined == {"phi-suspect": 1} and result.instances == 0
+    assert [o.key for o in research.list() if not o.key.startswith("catalog/")] == []
+    reason = gateway.read_json("quarantine/batch-names/SMITH_MARIA/CT/IM0001.dcm.reason.json")
+    assert reason["attributes"] == ["(0008,1030)"]  # Study Description
 
 
 def test_phi_scan_command_does_not_count_media_folder_names(local_store: Store) -> None:

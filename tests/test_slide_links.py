@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from mira.errors import InvalidInput, PhiLeak
+from mira.errors import InvalidInput
 from storage import Store
 from tasks.dataset import LockPolicy, catalog, create_snapshot, load_manifest, split_dataset
 from tasks.dataset.split import patient_splits
@@ -168,12 +168,16 @@ def test_sample_slides_split_and_snapshot_with_their_patients_ct(
 def test_the_linked_id_is_searched_for_in_the_slide_output(
     local_store: Store, tmp_path: Path
 ) -> None:
-    """A site whose kept scanner field holds the patient's ID: the link makes that a leak."""
+    """A site whose kept scanner field holds the patient's ID: the link makes that a leak, and
+    the slide is held as phi-suspect (the flagged place named, never the ID)."""
     gateway, research = local_store.child("gateway"), local_store.child("research")
     slide = write_slide(tmp_path / "case.svs", 512, 512, kind="svs", levels=2).read_bytes()
     keeps = policy_from_mapping({"name": "keeps-scanner", "slide_safe_keys": ["ScanScope ID"]})
     drop_batch(gateway, "b1", {"case.svs": slide}, {"case.svs": "SS9876"})
     ingest_batch(gateway, "b1")
-    with pytest.raises(PhiLeak, match="nothing was published"):
-        deidentify_batch(gateway, research, "b1", KEY, keeps)
-    assert list(research.list()) == []
+    result = deidentify_batch(gateway, research, "b1", KEY, keeps)
+    assert result.quarantined == {"phi-suspect": 1} and result.slides == 0
+    assert [o.key for o in research.list() if not o.key.startswith("catalog/")] == []
+    reason = gateway.read_json("quarantine/b1/case.svs.reason.json")
+    assert reason["attributes"] == ["page[0].ImageDescription"]
+    assert "SS9876" not in json.dumps(reason)
