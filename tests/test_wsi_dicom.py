@@ -30,6 +30,7 @@ from tasks.ingest import (
     read_accepted,
     read_wsi_instance,
 )
+from tasks.sample import generate_sample_data
 from tasks.wsi import ConvertOptions, catalog_pyramids, convert_pending_slides, convert_slide
 from tests.slides import dicom_wsi_pixels, write_dicom_wsi
 
@@ -320,3 +321,33 @@ def test_a_dropped_series_is_ingested_deidentified_and_converted_as_one_slide(
     assert np.array_equal(_level0(pyramid), dicom_wsi_pixels(HEIGHT, WIDTH, TILE))
     catalog_pyramids(research, results)
     assert [r.skipped for r in convert_pending_slides(research, OPTIONS)] == [True]
+
+
+def test_sample_data_emits_a_dicom_slide_that_goes_through_as_one(tmp_path: Path) -> None:
+    gateway, research = open_store(tmp_path / "gw"), open_store(tmp_path / "research")
+    summary = generate_sample_data(
+        tmp_path / "gw" / "dropzone", patients=1, slides=0, slide_size=1024, dicom_slides=1
+    )
+    batch = next(name for name in summary.batches if "pathology" in name)
+    manifest = json.loads((tmp_path / "gw" / "dropzone" / batch / "manifest.json").read_text())
+    dicom = [entry for entry in manifest["files"] if entry["path"].endswith(".dcm")]
+    assert len(dicom) == 6 and not any("patient_id" in entry for entry in dicom)
+    ingested = ingest_batch(gateway, batch)
+    assert (ingested.accepted, dict(ingested.quarantined)) == (6, {})
+    deid = deidentify_batch(gateway, research, batch, b"k" * 32, DeidPolicy.default())
+    assert deid.quarantined == {"slide-label-image": 2}  # the tissue thumbnail has no text
+    assert deid.instances == 4
+    (result,) = convert_pending_slides(research, OPTIONS)
+    assert result.shape == (1024, 1024) and result.mpp == pytest.approx(0.25)
+    truth = json.loads(summary.phi_truth.read_text())["patients"][0]
+    scanner = truth["slides"][0]
+    names = [
+        *truth["identifiers"]["names"],
+        *truth["identifiers"]["ids"],
+        scanner["case_number"],
+        scanner["scanscope_id"],
+    ]
+    for path in (tmp_path / "research").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(name.encode() in data for name in names if len(name) > 3), path

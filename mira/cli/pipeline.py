@@ -175,7 +175,9 @@ def demo(
     dropzone = data / "gateway" / layout.DROPZONE
     if not (dropzone / "_sample_phi.json").exists():
         with step_progress(console) as progress:
-            generate_sample_data(dropzone, slide_size=slide_size, progress=progress, ndpi_slides=1)
+            generate_sample_data(
+                dropzone, slide_size=slide_size, progress=progress, ndpi_slides=1, dicom_slides=1
+            )
     gateway = settings.gateway()
     stores = StoreParams(gateway_url=settings.gateway_url, research_url=settings.research_url)
     summaries = [

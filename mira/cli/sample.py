@@ -23,6 +23,14 @@ def sample_data(
     ndpi_slides: Annotated[
         int, typer.Option(min=0, help="More slides in Hamamatsu NDPI layout (at most 4096 px).")
     ] = 0,
+    dicom_slides: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="More slides as DICOM whole-slide series (VL Whole Slide Microscopy, one "
+            "folder each, at most 4096 px).",
+        ),
+    ] = 0,
 ) -> None:
     """Write upload batches built from pydicom's real DICOM files and generated slides.
 
@@ -40,6 +48,7 @@ def sample_data(
             seed=seed,
             progress=progress,
             ndpi_slides=ndpi_slides,
+            dicom_slides=dicom_slides,
         )
     table = Table(title=f"sample drop zone: {summary.root}")
     table.add_column("batch")

@@ -390,17 +390,20 @@ def generate_sample_data(
     seed: int = 0,
     progress: Progress | None = None,
     ndpi_slides: int = 0,
+    dicom_slides: int = 0,
 ) -> SampleDataSummary:
     """Write the demo drop zone into ``out_dir`` (new or empty) and the PHI ground truth beside it.
 
-    ``ndpi_slides`` more slides are written in Hamamatsu NDPI layout (at most 4096 px a side).
+    ``ndpi_slides`` more slides are written in Hamamatsu NDPI layout (at most 4096 px a side),
+    ``dicom_slides`` more as DICOM whole-slide series (VL Whole Slide Microscopy, at most 4096
+    px a side, with LABEL, OVERVIEW and THUMBNAIL instances).
 
     ``progress(step, done, total)`` is called as patients and slide tiles are finished.
     """
     _check_options(out_dir, patients, slides, slide_size)
-    if ndpi_slides < 0:
-        raise InvalidInput(f"ndpi_slides must be 0 or more, not {ndpi_slides}")
-    slides += ndpi_slides
+    if ndpi_slides < 0 or dicom_slides < 0:
+        raise InvalidInput(f"ndpi_slides and dicom_slides must be 0 or more, not {ndpi_slides}")
+    slides += ndpi_slides + dicom_slides
     report = progress or (lambda step, done, total: None)
     people = [make_patient(i, seed) for i in range(patients)]
     valid, broken = _write_dicom_batches(out_dir, people, seed, report)
@@ -410,7 +413,12 @@ def generate_sample_data(
     ]
     if identities:  # with --slides 0 there is no pathology batch at all
         write_pathology_batch(
-            out_dir / PATHOLOGY_BATCH, identities, slide_size, report, ndpi=ndpi_slides
+            out_dir / PATHOLOGY_BATCH,
+            identities,
+            slide_size,
+            report,
+            ndpi=ndpi_slides,
+            dicom=dicom_slides,
         )
     for batch in (RADIOLOGY_BATCH, MIXED_BATCH):
         (out_dir / batch / READY_MARKER).write_bytes(b"")

@@ -489,17 +489,26 @@ def write_pathology_batch(
     slide_size: int,
     progress: Progress | None,
     ndpi: int = 0,
+    dicom: int = 0,
 ) -> Path:
-    """Write the slides (the last ``ndpi`` of them as Hamamatsu NDPI, the others as Aperio
-    SVS), then ``manifest.json`` last, which tells ingestion the batch is complete.
+    """Write the slides (the last ``ndpi`` of them as Hamamatsu NDPI, the ``dicom`` before
+    those as a DICOM whole-slide series in a folder of their own, the others as Aperio SVS),
+    then ``manifest.json`` last, which tells ingestion the batch is complete.
 
     The manifest is ``{"batch": name, "files": [{"path": relative posix path, "sha256": hex,
     "size": int, "patient_id": str}]}``, listing every file of the batch but itself; each
-    slide's ``patient_id`` links it to its patient (the PatientID of their DICOM files).
+    slide's ``patient_id`` links it to its patient (the PatientID of their DICOM files); a
+    DICOM slide's instances take no link, as they name their patient themselves.
     """
     owners: dict[str, str] = {}
     for index, slide in enumerate(slides):
         as_ndpi = index >= len(slides) - ndpi
+        if not as_ndpi and index >= len(slides) - ndpi - dicom:
+            from tasks.sample.dicom_wsi import write_sample_dicom_wsi  # it draws with this module
+
+            folder = batch_dir / slide_path(slide, "_dicom")
+            write_sample_dicom_wsi(folder, slide, slide_size, _tile_progress(progress))
+            continue
         name = slide_path(slide, ".ndpi" if as_ndpi else ".svs")
         path = batch_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -514,13 +523,22 @@ def write_pathology_batch(
             "path": p.relative_to(batch_dir).as_posix(),
             "sha256": _sha256(p),
             "size": p.stat().st_size,
-            "patient_id": owners[p.relative_to(batch_dir).as_posix()],
         }
+        | (
+            {"patient_id": owners[p.relative_to(batch_dir).as_posix()]}
+            if p.relative_to(batch_dir).as_posix() in owners
+            else {}
+        )
         for p in files
     ]
     manifest = batch_dir / MANIFEST
     manifest.write_text(json.dumps({"batch": batch_dir.name, "files": entries}, indent=2) + "\n")
     return manifest
+
+
+def _tile_progress(progress: Progress | None) -> Callable[[int, int], None]:
+    """A DICOM slide's frames reported as ``sample slide`` steps, like an SVS's tiles."""
+    return lambda done, total: progress("sample slide", done, total) if progress else None
 
 
 def _sha256(path: Path) -> str:
