@@ -153,6 +153,13 @@ class Store(ABC):
 
     url: str
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every backend's operations are reported to the audit trail's listener, if any."""
+        super().__init_subclass__(**kwargs)
+        from storage.observe import observe_methods
+
+        observe_methods(cls)
+
     @property
     def cache_dir(self) -> Path | None:
         """A local folder for caches of this store's objects; None: the caller's default."""
@@ -327,3 +334,13 @@ class Store(ABC):
     def zarr_store(self, prefix: str, *, read_only: bool = False) -> Any:
         """A zarr v3 store rooted at ``prefix``, writing straight to this backend; its failures
         are mira's errors, as every other operation's."""
+
+
+def _observe_base_methods() -> None:
+    """The base class's own implementations (``read_bytes``, ``delete_prefix``...) report too."""
+    from storage.observe import observe_methods
+
+    observe_methods(Store)
+
+
+_observe_base_methods()

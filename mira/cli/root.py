@@ -8,14 +8,36 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from mira import __version__
+from mira.audit import audited
 from mira.cli.common import console, out
 from mira.errors import MiraError
 from mira.settings import load_settings
 
+COMMAND_PATH = "mira.command_path"
+
+
+class MiraGroup(TyperGroup):
+    """The root group; it notes the invoked command's full path (``snapshot create``) for the
+    audit record before the group's callback runs."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        names, command = [], self
+        for word in args:
+            sub = getattr(command, "commands", {}).get(word)
+            if sub is None:
+                break
+            names.append(word)
+            command = sub
+        ctx.meta[COMMAND_PATH] = " ".join(names)
+        return super().resolve_command(ctx, args)
+
+
 app = typer.Typer(
     name="mira",
+    cls=MiraGroup,
     help="mira: turn raw imaging uploads into de-identified, versioned training datasets.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -67,7 +89,11 @@ def common(
         "s3_endpoint_url": s3_endpoint,
         "dask_address": dask_address,
     }
-    ctx.obj = load_settings(**flags)
+    ctx.obj = settings = load_settings(**flags)
+    if ctx.invoked_subcommand not in (None, "audit"):
+        # One audit record per command, of what it did to the stores (mira.audit).
+        operation = ctx.meta.get(COMMAND_PATH) or ctx.invoked_subcommand
+        ctx.with_resource(audited(settings, operation))
     # Flows read their settings from the environment (as on a Prefect worker): flags given
     # here must reach the flows this command runs in-process.
     for name, value in flags.items():
@@ -92,6 +118,7 @@ def register_commands() -> None:
     """Attach every command module's commands to ``app``."""
     from mira.cli import (
         access,
+        audit,
         catalog,
         convert,
         deid,
@@ -119,6 +146,7 @@ def register_commands() -> None:
     serve.register(app)
     access.register(app)
     doctor.register(app)
+    audit.register(app)
 
 
 def plain_flags(command: Any) -> Any:
