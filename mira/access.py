@@ -207,7 +207,11 @@ def save_policy(policy: AccessPolicy, path: Path) -> None:
 
 
 def permissions(policy: AccessPolicy, stores: Stores) -> dict[str, tuple[Permission, ...]]:
-    """Every principal's permissions, by principal name."""
+    """Every principal's permissions, by principal name; an error when a cohort's store
+    overlaps the gateway (a reader would see PHI)."""
+    for name, cohort in policy.cohorts.items():
+        if cohort.store and _overlaps(cohort.store, stores.gateway):
+            raise ConfigError(f"cohort {name!r}: its store {cohort.store} overlaps the gateway")
     return {
         name: tuple(role_permissions(principal, policy.cohorts, stores))
         for name, principal in policy.principals.items()
@@ -244,6 +248,17 @@ def cohort_permissions(cohort: Cohort, default_store: str) -> Iterable[Permissio
     for name in cohort.snapshots:
         yield Permission(store, layout.snapshot_folder(name) + "/", READ)
         yield Permission(store, layout.snapshot_index_key(name), READ)
+
+
+def _overlaps(url: str, other: str) -> bool:
+    """Whether two store URLs share keys: the same bucket, one prefix inside the other."""
+    if not (url.startswith("s3://") and other.startswith("s3://")):
+        return url.rstrip("/") == other.rstrip("/")
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    other_bucket, _, other_prefix = other.removeprefix("s3://").partition("/")
+    first, second = prefix.strip("/") + "/", other_prefix.strip("/") + "/"
+    inside = first.startswith(second) or second.startswith(first) or "/" in (first, second)
+    return bucket == other_bucket and inside
 
 
 def readers_of(policy: AccessPolicy, stores: Stores, store: str) -> list[str]:

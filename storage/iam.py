@@ -275,13 +275,15 @@ class IdentityAdmin:
         """Delete one key: the server refuses it from now on."""
         self._call("delete_access_key", UserName=user_name(principal), AccessKeyId=access_key_id)
 
-    def rotate(self, principal: str) -> Credentials:
-        """A new key for the principal; every older key is deleted once the new one exists."""
+    def rotate(self, principal: str, credentials_dir: Path) -> tuple[Credentials, Path]:
+        """A new key for the principal, written to ``credentials_dir``; only then is every
+        older key deleted, so a failed write never leaves the principal without a usable key."""
         old = self.identity(principal).access_key_ids
         fresh = self.create_key(principal)
+        path = write_credentials(credentials_dir, fresh)
         for key_id in old:
             self.delete_key(principal, key_id)
-        return fresh
+        return fresh, path
 
     def remove(self, principal: str) -> None:
         """Delete the principal's keys, policy and user; a missing user is already removed."""

@@ -455,3 +455,16 @@ def test_the_example_policy_is_valid() -> None:
     granted = permissions(policy, Stores(gateway=GATEWAY, research=RESEARCH))
     bob = json.dumps(policy_document(granted["bob"]))
     assert "arn:aws:s3:::research-site-b/*" in bob and "lab/dicom/P-1001/*" in bob
+
+
+def test_a_cohort_store_inside_the_gateway_is_refused() -> None:
+    stores = Stores(gateway=GATEWAY, research=RESEARCH)
+    for store in (f"s3://{GATEWAY_BUCKET}", f"s3://{GATEWAY_BUCKET}/site/dropzone", GATEWAY):
+        policy = AccessPolicy.model_validate(
+            {**POLICY, "cohorts": {**POLICY["cohorts"], "leak": {"store": store, "prefixes": [""]}}}
+        )
+        with pytest.raises(ConfigError, match="overlaps the gateway"):
+            permissions(policy, stores)
+    beside = {"store": f"s3://{GATEWAY_BUCKET}/other", "prefixes": [""]}
+    policy = AccessPolicy.model_validate({**POLICY, "cohorts": {**POLICY["cohorts"], "ok": beside}})
+    assert permissions(policy, stores)

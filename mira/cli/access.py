@@ -219,10 +219,10 @@ def rotate(
 ) -> None:
     """New keys for a principal, written to --credentials-dir; the old keys are deleted and
     refused by the server from then on."""
-    from storage.iam import IdentityAdmin, write_credentials
+    from storage.iam import IdentityAdmin
 
-    credentials = IdentityAdmin(settings_of(ctx).s3_config()).rotate(principal)
-    path = write_credentials(credentials_dir, credentials)
+    admin = IdentityAdmin(settings_of(ctx).s3_config())
+    credentials, path = admin.rotate(principal, credentials_dir)
     out.print(f"keys of {principal} rotated: {path} (access key {credentials.access_key_id})")
     if show_secret:
         typer.echo(f"AWS_SECRET_ACCESS_KEY={credentials.secret_access_key}")
