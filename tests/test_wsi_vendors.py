@@ -28,6 +28,7 @@ from tests.vendor_slides import (
     PLANTED,
     VENDOR_WRITERS,
     WIDTH,
+    write_mrxs_slide,
     write_multiplexed_qptiff,
     write_vendor_slide,
 )
@@ -228,3 +229,45 @@ def test_sample_data_emits_an_ndpi_that_ingests_deidentifies_and_converts(
     assert np.array_equal(
         pixels(open_pyramid(target, "p.ome.zarr"), 0), np.moveaxis(level0(path), -1, 0)
     )
+
+
+def test_mrxs_converts_through_openslide_with_its_scale(tmp_path: Path) -> None:
+    """A generated MIRAX slide (no package ships one): conversion only, through OpenSlide's
+    read_region; level 0 equals what OpenSlide shows, the scale is MIRAX's pixel size, and
+    neither the slide name nor the barcode nor the associated images reach the pyramid."""
+    # The completion record keeps the source key: converting a scanner's file as the way to
+    # de-identify it starts from a file named without identifiers (docs/slides.md).
+    path = write_mrxs_slide(tmp_path / "slides" / "slide-0001.mrxs")
+    slide = openslide.OpenSlide(str(path))
+    assert slide.properties["openslide.vendor"] == "mirax"
+    assert set(slide.associated_images) == {"macro", "label"}
+    expected = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
+    target = open_store(tmp_path / "pyramids")
+    result = convert_slide(
+        open_store(path.parent), path.name, target, "p.ome.zarr", ConvertOptions(chunk=128)
+    )
+    assert result.shape == (HEIGHT, WIDTH) and result.mpp == pytest.approx(MPP)
+    group = open_pyramid(target, "p.ome.zarr")
+    assert np.array_equal(pixels(group, 0), np.moveaxis(expected, -1, 0))
+    record = attributes(group)["mira"]["slide"]
+    assert record == {
+        "format": "mrxs",
+        "vendor": "mirax",
+        "objective_power": 20.0,
+        "mpp_x": pytest.approx(MPP),
+        "mpp_y": pytest.approx(MPP),
+    }
+    text = all_text(target, "p.ome.zarr")
+    assert not [token for token in PLANTED if token in text]
+    assert sorted(info.key.split("/")[1] for info in target.list("p.ome.zarr"))[-1] == "zarr.json"
+
+
+def test_mrxs_refuses_jpeg_passthrough_and_is_not_a_tiff_for_deid(tmp_path: Path) -> None:
+    path = write_mrxs_slide(tmp_path / "slides" / "case.mrxs")
+    with pytest.raises(InvalidInput, match="codec jpeg"):
+        convert_slide(
+            open_store(path.parent), path.name, open_store(tmp_path / "p"), "p.ome.zarr",
+            ConvertOptions(codec="jpeg"),
+        )  # fmt: skip
+    with pytest.raises(InvalidInput, match="not a readable TIFF"):
+        deidentify_slide(path, tmp_path / "out.tiff", KEY, DeidPolicy.default())

@@ -9,6 +9,7 @@ structure (so tifffile flags them as that vendor) and identifiers planted where 
   quality=Q``, XMP ``iScan`` (ScanRes, Magnification, barcode, dates, unit number).
 - Philips TIFF: software ``Philips DP v1.0``, DICOM-in-XML description with one
   ``DICOM_PIXEL_SPACING`` per level, ``Macro`` and ``Label`` pages, dates and barcode in the XML.
+- MRXS (3DHISTECH MIRAX): generated, see ``write_mrxs_slide`` (no package ships one).
 - QPTIFF (Akoya/PerkinElmer): software ``PerkinElmer-QPI``, an XML description per page
   (``ImageType``, channel ``Name``, ``Objective``, ``SlideID``, ``Barcode``, computer name,
   scan-profile path), full resolution, thumbnail, reduced resolution, overview and label.
@@ -17,10 +18,12 @@ structure (so tifffile flags them as that vendor) and identifiers planted where 
 from __future__ import annotations
 
 import base64
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import tifffile
 from numpy.typing import NDArray
@@ -278,3 +281,108 @@ def write_vendor_slide(vendor: str, folder: Path) -> Path:
     """Write the ``vendor`` slide into ``folder``, named after the case and patient as labs
     name their files (the name is an identifier too), with the scanner's extension."""
     return VENDOR_WRITERS[vendor](folder / f"{CASE}_DOE_JOHN{SUFFIXES[vendor]}")
+
+
+MRXS_TILE = 256
+MRXS_SLIDE_ID = "7d3c1f0e9a8b4c2d8e6f5a4b3c2d1e0f"
+
+
+def _jpeg(rgb: Pixels) -> bytes:
+    ok, encoded = cv2.imencode(
+        ".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90]
+    )
+    assert ok
+    return encoded.tobytes()
+
+
+def write_mrxs_slide(path: Path) -> Path:
+    """A minimal 3DHISTECH MIRAX slide as OpenSlide's format description lays it out: ``path``
+    (``.mrxs``) and a folder beside it with ``Slidedat.ini``, ``Index.dat`` and ``Data0000.dat``.
+
+    Level 0 is 3 x 2 camera images of 256 px without overlap (no position buffer, so positions
+    follow from the image size), level 1 the 2 x 2 concatenation of level 0 halved; a macro and a
+    label image in the non-hierarchical "Scan data layer"; the slide name in ``[GENERAL]``.
+    """
+    full = slide_pixels(HEIGHT, WIDTH)
+    across, down = WIDTH // MRXS_TILE, HEIGHT // MRXS_TILE
+    folder = path.with_suffix("")
+    folder.mkdir(parents=True, exist_ok=True)
+    data = bytearray()
+    levels: list[list[tuple[int, int, int]]] = [[], []]  # (image index, offset, length)
+
+    def store(image: bytes) -> tuple[int, int]:
+        offset = len(data)
+        data.extend(image)
+        return offset, len(image)
+
+    for y in range(down):
+        for x in range(across):
+            tile = full[y * MRXS_TILE : (y + 1) * MRXS_TILE, x * MRXS_TILE : (x + 1) * MRXS_TILE]
+            levels[0].append((y * across + x, *store(_jpeg(tile))))
+    for y in range(0, down, 2):
+        for x in range(0, across, 2):
+            block = np.full((2 * MRXS_TILE, 2 * MRXS_TILE, 3), 255, np.uint8)
+            part = full[y * MRXS_TILE : (y + 2) * MRXS_TILE, x * MRXS_TILE : (x + 2) * MRXS_TILE]
+            block[: part.shape[0], : part.shape[1]] = part
+            levels[1].append((y * across + x, *store(_jpeg(block[::2, ::2]))))
+    macro, label = store(_jpeg(glass(96, 288))), store(_jpeg(glass(96, 96, 240)))
+    (folder / "Data0000.dat").write_bytes(bytes(data))
+    _write_mrxs_index(folder / "Index.dat", levels, [macro, label])
+    (folder / "Slidedat.ini").write_text(_slidedat(across, down), encoding="utf-8")
+    path.write_bytes(b"")  # the .mrxs itself is a marker; everything is in the folder
+    return path
+
+
+def _write_mrxs_index(
+    path: Path, levels: list[list[tuple[int, int, int]]], nonhier: list[tuple[int, int]]
+) -> None:
+    """Index.dat: version, slide id, the two root pointers, then the record tables and pages."""
+    head = b"01.02" + MRXS_SLIDE_ID.encode()
+    words: list[int] = []  # int32 words after the head and the two root pointers
+    base = len(head) + 8
+
+    def at(word: int) -> int:
+        return base + 4 * word
+
+    hier_table = len(words)
+    words += [0] * len(levels)
+    nonhier_table = len(words)
+    words += [0] * len(nonhier)
+    for number, entries in enumerate(levels):
+        words[hier_table + number] = at(len(words))
+        words += [0, at(len(words) + 2)]  # list head: 0, the first page
+        words += [len(entries), 0]  # page: item count, no next page
+        for index, offset, length in entries:
+            words += [index, offset, length, 0]
+    for number, (offset, length) in enumerate(nonhier):
+        words[nonhier_table + number] = at(len(words))
+        words += [0, at(len(words) + 2)]
+        words += [1, 0, 0, 0, offset, length, 0]
+    roots = struct.pack("<ii", at(hier_table), at(nonhier_table))
+    path.write_bytes(head + roots + struct.pack(f"<{len(words)}i", *words))
+
+
+def _slidedat(across: int, down: int) -> str:
+    level = (
+        "OVERLAP_X=0\nOVERLAP_Y=0\nMICROMETER_PER_PIXEL_X={mpp}\nMICROMETER_PER_PIXEL_Y={mpp}\n"
+        "IMAGE_FORMAT=JPEG\nIMAGE_FILL_COLOR_BGR=16777215\nDIGITIZER_WIDTH=256\n"
+        "DIGITIZER_HEIGHT=256\nIMAGE_CONCAT_FACTOR={concat}\n"
+    )
+    return (
+        f"[GENERAL]\nSLIDE_VERSION=01.03\nSLIDE_ID={MRXS_SLIDE_ID}\nSLIDE_NAME={CASE} {NAME}\n"
+        f"SLIDE_CREATIONDATETIME={DATE_ISO}\nIMAGENUMBER_X={across}\nIMAGENUMBER_Y={down}\n"
+        "OBJECTIVE_MAGNIFICATION=20\nCameraImageDivisionsPerSide=1\n\n"
+        "[HIERARCHICAL]\nHIER_COUNT=1\nHIER_0_NAME=Slide zoom level\nHIER_0_COUNT=2\n"
+        "HIER_0_VAL_0=ZoomLevel_0\nHIER_0_VAL_0_SECTION=LAYER_0_LEVEL_0_SECTION\n"
+        "HIER_0_VAL_1=ZoomLevel_1\nHIER_0_VAL_1_SECTION=LAYER_0_LEVEL_1_SECTION\n"
+        "NONHIER_COUNT=1\nNONHIER_0_NAME=Scan data layer\nNONHIER_0_COUNT=2\n"
+        "NONHIER_0_VAL_0=ScanDataLayer_SlideThumbnail\n"
+        "NONHIER_0_VAL_0_SECTION=NONHIERLAYER_0_VAL_0_SECTION\n"
+        "NONHIER_0_VAL_1=ScanDataLayer_SlideBarcode\n"
+        "NONHIER_0_VAL_1_SECTION=NONHIERLAYER_0_VAL_1_SECTION\nINDEXFILE=Index.dat\n\n"
+        "[DATAFILE]\nFILE_COUNT=1\nFILE_0=Data0000.dat\n\n"
+        f"[LAYER_0_LEVEL_0_SECTION]\n{level.format(mpp=MPP, concat=0)}\n"
+        f"[LAYER_0_LEVEL_1_SECTION]\n{level.format(mpp=MPP * 2, concat=1)}\n"
+        "[NONHIERLAYER_0_VAL_0_SECTION]\nTHUMBNAIL_IMAGE_TYPE=JPEG\n\n"
+        f"[NONHIERLAYER_0_VAL_1_SECTION]\nBARCODE_IMAGE_TYPE=JPEG\nBARCODE_VALUE={BARCODE}\n"
+    )

@@ -56,6 +56,12 @@ from tasks.wsi.ngff import (
     root_attributes,
     run_fingerprint,
 )
+from tasks.wsi.openslide_source import (
+    is_openslide_slide,
+    open_openslide,
+    openslide_geometry,
+    openslide_metadata,
+)
 from tasks.wsi.pyramid import ChunkCodec, PyramidPlan
 from tasks.wsi.record import CompletionRecord
 from tasks.wsi.regions import (
@@ -347,6 +353,7 @@ def _convert(
         passthrough=options.passthrough,
         source_etag=work.info.etag,
         dicom=slide.format == DICOM_FORMAT,
+        openslide=is_openslide_slide(work.source, work.source_key),
     )
     with (
         _older_objects_left_to_gc_later(),
@@ -425,6 +432,11 @@ def _describe(
         dicom = shared_dicom_slide(source, source_key, info.etag)
         geometry, slide = dicom.geometry(), dicom.metadata
         level0 = dicom_level0_codecs(dicom) if options.passthrough else None
+    elif is_openslide_slide(source, source_key):  # MRXS and others: conversion only
+        if options.passthrough:
+            raise InvalidInput("--codec jpeg needs a TIFF or DICOM slide's own JPEG tiles")
+        with open_openslide(source, source_key) as other:
+            geometry, slide, level0 = openslide_geometry(other), openslide_metadata(other), None
     else:
         geometry, slide, level0 = _describe_tiff(source, source_key, options)
     if level0 is not None:  # passthrough: a chunk is a tile; a shard, whole tiles

@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from storage import Store, join_key
 from tasks.wsi.dicom_source import DicomRegionReader, dicom_region_readers
 from tasks.wsi.ngff import NgffVersion, region_keys, store_objects
+from tasks.wsi.openslide_source import OpenSlideRegionReader, openslide_region_readers
 from tasks.wsi.pyramid import (
     BUFFERS,
     ChunkCodec,
@@ -66,6 +67,7 @@ class RegionJob:
     passthrough: bool = False  # level 0 stores the source's JPEG tiles as they are
     source_etag: str | None = None  # the version of the source being converted
     dicom: bool = False  # the source is a DICOM whole-slide series (a folder of instances)
+    openslide: bool = False  # the source is a format only OpenSlide reads (MRXS, VMS, ...)
 
 
 @dataclass(frozen=True)
@@ -179,11 +181,18 @@ def convert_source_region(job: RegionJob, row: int, col: int) -> Pixels | None:
 
 
 @contextmanager
-def level0_readers(job: RegionJob) -> Iterator[Callable[[], RegionReader | DicomRegionReader]]:
-    """A maker of level-0 readers for one task: of a DICOM series' frames, or a TIFF's tiles."""
+def level0_readers(
+    job: RegionJob,
+) -> Iterator[Callable[[], RegionReader | DicomRegionReader | OpenSlideRegionReader]]:
+    """A maker of level-0 readers for one task: of a DICOM series' frames, of OpenSlide's
+    regions, or of a TIFF's tiles."""
     if job.dicom:
         with dicom_region_readers(job.source, job.source_key, job.source_etag) as make:
             yield make
+        return
+    if job.openslide:
+        with openslide_region_readers(job.source, job.source_key) as make_openslide:
+            yield make_openslide
         return
     with shared_slide(job.source, job.source_key, job.source_etag) as tif:
         page = full_resolution_page(tif)
