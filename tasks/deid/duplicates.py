@@ -20,10 +20,13 @@ header after its ingest record was removed). Here, after de-identification:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from storage import Store
 from tasks import layout
@@ -46,24 +49,36 @@ class PublishedInstance:
     batch: str = ""
 
 
-def published_instances(store: Store, batch: str | None = None) -> dict[str, PublishedInstance]:
-    """The instances ``store`` holds, by SOP Instance UID: from the catalog of a research store
-    (other batches than ``batch``), else from the keys below ``dicom/`` of an output folder."""
+def published_instances(
+    store: Store, batch: str | None = None, uids: Collection[str] | None = None
+) -> dict[str, PublishedInstance]:
+    """The instances ``store`` holds (those of ``uids`` only, when given), by SOP Instance UID:
+    from the catalog of a research store (other batches than ``batch``), else from the keys
+    below ``dicom/`` of an output folder."""
+    wanted = None if uids is None else set(uids)
     if batch is None:
-        return {
+        found = {
             PurePosixPath(info.key).stem: PublishedInstance(info.key)
             for info in store.list(layout.DICOM + "/")
             if info.key.endswith(".dcm")
         }
+        return {uid: i for uid, i in found.items() if wanted is None or uid in wanted}
     table = read_table(store, "instances")
-    if not table.num_rows:
+    if not table.num_rows or wanted == set():
         return {}
-    rows = table.select(["sop_instance_uid", "key", "sha256", "batch"]).to_pylist()
+    table = table.select(["sop_instance_uid", "key", "sha256", "batch"])
+    if wanted is not None:
+        table = table.filter(pc.is_in(table["sop_instance_uid"], pa.array(sorted(wanted))))
     return {
         row["sop_instance_uid"]: PublishedInstance(row["key"], row["sha256"], row["batch"])
-        for row in rows
+        for row in table.to_pylist()
         if row["batch"] != batch
     }
+
+
+def instance_uids(outcomes: Sequence[Outcome]) -> set[str]:
+    """The SOP Instance UIDs of the DICOM outputs staged for publication."""
+    return {o.row["sop_instance_uid"] for o in outcomes if o.row and o.item.format != "slide"}
 
 
 def settle_instances(
