@@ -24,6 +24,7 @@ from flows.params import StoreParams
 from flows.reporting import publish_summary
 from mira.errors import IntegrityError, TransientStoreError
 from tasks.replicate import (
+    TARGETS_ENV,
     BatchReport,
     LinkOptions,
     TargetLag,
@@ -122,6 +123,10 @@ def replicate_flow(
     """Copy every published batch of the research store to each remote target."""
     params = params or ReplicateParams()
     stores = stores or StoreParams()
+    if not params.targets and not os.environ.get(TARGETS_ENV, "").strip():
+        # A site without remotes serves the deployment too: its sweeps have nothing to do.
+        get_run_logger().info("no replication target configured (%s): nothing to do", TARGETS_ENV)
+        return ReplicateSummary(reports=(), lags=())
     targets = targets_from(params.targets, os.environ)
     reports: list[BatchReport] = []
     for target in targets:
