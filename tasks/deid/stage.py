@@ -10,6 +10,7 @@ person to release or drop, :mod:`tasks.deid.suspects`) and the rest goes on too.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import tempfile
@@ -32,6 +33,7 @@ from tasks.deid.dicom_wsi import associated_image_refusal
 from tasks.deid.duplicates import (
     DUPLICATES_NAME,
     duplicate_records,
+    instance_uids,
     published_instances,
     settle_instances,
 )
@@ -50,13 +52,14 @@ from tasks.deid.suspects import (
     suspect_fields,
 )
 from tasks.ingest import QuarantineEntry, quarantine, read_accepted, write_reason
-from tasks.parallel import dask_client
+from tasks.parallel import dask_client, parallel_map
 
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "summary.json"
 INLINE_MAX_FILES = 50
 FILES_PER_TASK = 100
+PUBLISH_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,8 @@ def deidentify_batch(
     outcomes = run_groups(job, items, dask_address, workers, progress)
     check_batch_name(job, outcomes)
     outcomes = hold_suspects(job, outcomes, gateway)
-    outcomes = settle_instances(outcomes, research, published_instances(research, batch))
+    known = published_instances(research, batch, instance_uids(outcomes))
+    outcomes = settle_instances(outcomes, research, known)
     record_duplicates(gateway, join_key(layout.DEID, batch, DUPLICATES_NAME), outcomes)
     for outcome in outcomes:
         if outcome.refusal and outcome.refusal != PHI_SUSPECT:  # held already
@@ -163,12 +167,16 @@ def deidentify_folder(
     key: bytes,
     policy: DeidPolicy,
     *,
+    dask_address: str = "",
+    workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> DeidStageResult:
     """De-identify every DICOM file and slide below ``source`` into ``output`` (``mira deid``).
 
     Files that cannot be made safe, and every other kind of file, go to ``quarantine_store``
-    with a reason; a file whose output the scan flags is held there as ``phi-suspect``.
+    with a reason; a file whose output the scan flags is held there as ``phi-suspect``. The
+    work runs on the Dask scheduler at ``dask_address`` when one is given, else on ``workers``
+    local processes (0: one per core), never on a LocalCluster started for one command.
     """
     from tasks.ingest import sniff_format
 
@@ -193,9 +201,12 @@ def deidentify_folder(
     with tempfile.TemporaryDirectory(prefix="mira-deid-") as tmp:
         staging = open_store(tmp)
         job = DeidJob(source=source, staging=staging, batch="", key=key, policy=policy)
-        outcomes = run_groups(job, items, "", 0, progress)
+        outcomes = run_groups(
+            job, items, dask_address, workers, progress, local_processes=not dask_address
+        )
         outcomes = hold_suspects(job, outcomes, quarantine_store, publish_to=output.url)
-        outcomes = settle_instances(outcomes, output, published_instances(output))
+        known = published_instances(output, uids=instance_uids(outcomes))
+        outcomes = settle_instances(outcomes, output, known)
         record_duplicates(quarantine_store, DUPLICATES_NAME, outcomes)
         for item in unsupported:
             _quarantine_to(
@@ -242,8 +253,11 @@ def run_groups(
     dask_address: str,
     workers: int,
     progress: Callable[[int, int], None] | None,
+    *,
+    local_processes: bool = False,
 ) -> list[Outcome]:
-    """De-identify the items in coarse groups, inline for small batches, on Dask otherwise."""
+    """De-identify the items in coarse groups: inline for small batches, else on Dask, or on a
+    pool of local processes with ``local_processes`` (``mira deid``: no cluster to start)."""
     report = progress or (lambda done, total: None)
     slides = [i for i in items if i.format == "slide"]
     dicoms = [i for i in items if i.format != "slide"]
@@ -254,6 +268,12 @@ def run_groups(
             outcomes += deidentify_group(job, group)
             report(len(outcomes), len(items))
         return outcomes
+    if local_processes:
+        from tasks.deid.local_run import run_in_processes
+
+        return run_in_processes(
+            deidentify_group, job, groups, workers, lambda done: report(done, len(items))
+        )
     with dask_client(dask_address, workers) as client:
         futures = client.map(deidentify_group, [job] * len(groups), groups, pure=False)
         outcomes = []
@@ -317,8 +337,8 @@ def _deidentify_dicom(job: DeidJob, item: WorkItem) -> Outcome:
     codes = coded_values(result.data)
     identifiers = set(result.identifiers) | path_identifiers(item.path, codes)
     hits = scan_for_phi([(research_key, result.data)], identifiers)
-    info = job.staging.write_bytes(research_key, result.data)
-    row = instance_row(job.batch, research_key, result, info.size, info.sha256 or "", job.policy)
+    size, sha256 = stage_output(job.staging, research_key, result.data)
+    row = instance_row(job.batch, research_key, result, size, sha256, job.policy)
     return Outcome(
         item=item,
         research_key=research_key,
@@ -326,6 +346,16 @@ def _deidentify_dicom(job: DeidJob, item: WorkItem) -> Outcome:
         phi_hits=tuple(h.location for h in hits),
         batch_name_hits=len(batch_name_hits(job.batch, result.identifiers)),
     )
+
+
+def stage_output(staging: Store, key: str, data: bytes) -> tuple[int, str]:
+    """Stage one output; returns its size and SHA-256. Local staging is scratch space that a
+    rerun rebuilds, so it is written without the fsync that a published object gets."""
+    if not staging.is_local:
+        info = staging.write_bytes(key, data)
+        return info.size, info.sha256 or ""
+    staging.write_many({key: data})
+    return len(data), hashlib.sha256(data).hexdigest()
 
 
 def _deidentify_slide(job: DeidJob, item: WorkItem) -> Outcome:
@@ -450,15 +480,19 @@ def _quarantine_target(quarantine_store: Store, source: Store, batch: str, path:
 
 
 def publish(staging: Store, research: Store, outcomes: Sequence[Outcome]) -> list[Outcome]:
-    """Copy staged outputs to the research store; objects already there byte for byte stay."""
+    """Copy staged outputs to the research store; objects already there byte for byte stay.
+    The copies run on a few threads: each mostly waits on the disk (fsync) or the network."""
     published = [o for o in outcomes if o.research_key and o.row]
-    for outcome in published:
+
+    def copy(outcome: Outcome) -> None:
         assert outcome.research_key and outcome.row
         key = outcome.research_key
         if research.exists(key) and research.sha256(key) == outcome.row["sha256"]:
-            continue  # a rerun after a crash
+            return  # a rerun after a crash
         with staging.open_read(key) as staged:
             research.write_stream(key, staged)
+
+    parallel_map(copy, published, PUBLISH_THREADS)
     return published
 
 
