@@ -319,7 +319,7 @@ def test_quarantine_commands_on_a_mira_deid_folder(
     record = json.loads((held / "leaky.dcm.reason.json").read_text())
     assert (out / record["research_key"]).read_bytes() == (held / record["staged_key"]).read_bytes()
     history = runner.invoke(app, ["quarantine", "show", "leaky.dcm", "--in", str(held)])
-    assert "released by ada" in history.output and ": ok" in history.output
+    assert "released by ada" in history.output and "(note: ok)" in history.output
     pending = runner.invoke(app, ["quarantine", "list", "--in", str(held)])
     assert "notes.txt" in pending.output and "leaky.dcm" not in pending.output
 

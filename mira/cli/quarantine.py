@@ -91,8 +91,10 @@ def quarantine_list(
 
 
 def _rule(item: HeldItem) -> str:
-    rule = item.release_rule
-    return "refused" if rule.startswith("refused") else rule.split(" ", 1)[0]
+    """What release would do, in a word or two."""
+    if item.holds_output:
+        return "publish as staged"
+    return "refused" if item.release_rule.startswith("refused") else "re-stage"
 
 
 def _item_json(item: HeldItem) -> dict[str, Any]:
@@ -115,7 +117,10 @@ def quarantine_show(ctx: typer.Context, item_id: ItemArgument, where: InOption =
     out.print(f"release: {item.release_rule}", soft_wrap=True)
     staged = str(record.get("staged_key") or "")
     if staged and queue.store.exists(staged):
-        out.print(f"held output: {queue.store.url_of(staged)} -> {record.get('research_key')}")
+        out.print(
+            f"held output: {queue.store.url_of(staged)} -> {record.get('research_key')}",
+            soft_wrap=True,
+        )
         data = queue.store.read_bytes(staged)
         places = flagged_values(data, record.get("attributes", []), record["research_key"])
         view = Table(title="flagged in the held output (PHI side)")
@@ -125,7 +130,7 @@ def quarantine_show(ctx: typer.Context, item_id: ItemArgument, where: InOption =
             view.add_row(place, value)
         out.print(view)
     for decision in item.decisions:
-        note = f": {decision['note']}" if decision.get("note") else ""
+        note = f" (note: {decision['note']})" if decision.get("note") else ""
         result = f" -> {decision['result']}" if decision.get("result") else ""
         out.print(
             f"{decision['time']} {decision['action']} by {decision['by']}{result}{note}",
