@@ -32,6 +32,7 @@ from tasks.sample.ndpi import NdpiIdentity, NdpiSlide, write_ndpi
 from tests.slides import slide_pixels
 
 Pixels = NDArray[np.uint8]
+Size = tuple[int, int]  # (height, width) of level 0
 HEIGHT, WIDTH, TILE = 512, 768, 256
 MPP = 0.2527
 # Planted identifiers: none of these may survive de-identification anywhere in the output.
@@ -62,21 +63,22 @@ def _tiled(**extra: Any) -> dict[str, Any]:
     return {"tile": (TILE, TILE), "photometric": "rgb", "compression": "jpeg", **extra}
 
 
-def write_ndpi_slide(path: Path) -> Path:
+def write_ndpi_slide(path: Path, size: Size = (HEIGHT, WIDTH)) -> Path:
     identity = NdpiIdentity(
         slide_label=f"{CASE} {NAME}",
         serial_number=SERIAL,
         reference=PATH,
     )
     return write_ndpi(
-        path, NdpiSlide(tuple(pyramid()), glass(96, 288), MPP, 20.0, identity=identity)
+        path, NdpiSlide(tuple(pyramid(*size)), glass(96, 288), MPP, 20.0, identity=identity)
     )
 
 
 def scn_xml(levels: list[Pixels], macro: Pixels) -> str:
     """The SCN XML: a 25 x 75 mm collection, a macro image over all of it, the main image."""
     glass_nm = (25_000_000, 75_000_000)
-    view = (round(WIDTH * MPP * 1000), round(HEIGHT * MPP * 1000))
+    height, width = levels[0].shape[:2]
+    view = (round(width * MPP * 1000), round(height * MPP * 1000))
     dims = "".join(
         f'<dimension sizeX="{lv.shape[1]}" sizeY="{lv.shape[0]}" r="{r}" ifd="{r + 1}"/>'
         for r, lv in enumerate(levels)
@@ -97,7 +99,7 @@ def scn_xml(levels: list[Pixels], macro: Pixels) -> str:
         "</scanSettings></image>"
         f'<image name="{CASE} {NAME}" uuid="urn:uuid:2a8f3e9b-4d5c-4b6a-9f70-1b2c3d4e5f60">'
         f"<creationDate>{DATE_ISO}.00Z</creationDate>{device}"
-        f'<pixels sizeX="{WIDTH}" sizeY="{HEIGHT}">{dims}</pixels>'
+        f'<pixels sizeX="{width}" sizeY="{height}">{dims}</pixels>'
         f'<view sizeX="{view[0]}" sizeY="{view[1]}" offsetX="6000000" offsetY="30000000" '
         'spacingZ="0"/>'
         "<scanSettings><objectiveSettings><objective>20</objective></objectiveSettings>"
@@ -107,8 +109,8 @@ def scn_xml(levels: list[Pixels], macro: Pixels) -> str:
     )
 
 
-def write_scn_slide(path: Path) -> Path:
-    levels, macro = pyramid(), glass(512, 256)
+def write_scn_slide(path: Path, size: Size = (HEIGHT, WIDTH)) -> Path:
+    levels, macro = pyramid(*size), glass(512, 256)
     with tifffile.TiffWriter(path, bigtiff=True) as writer:
         writer.write(macro, description=scn_xml(levels, macro), metadata=None, **_tiled())
         for level in levels:
@@ -140,7 +142,7 @@ def bif_xmp_encode() -> str:
     )
 
 
-def write_bif_slide(path: Path) -> Path:
+def write_bif_slide(path: Path, size: Size = (HEIGHT, WIDTH)) -> Path:
     software = "ScanOutputManager 1.1.0.15854"
     iscan: Any = [(700, "B", 0, bif_xmp(False), True)]
     with tifffile.TiffWriter(path, bigtiff=True) as writer:
@@ -152,7 +154,7 @@ def write_bif_slide(path: Path) -> Path:
             glass(64, 192, 180), description="Thumbnail", software=software, metadata=None,
             photometric="rgb",
         )  # fmt: skip
-        for r, level in enumerate(pyramid()):
+        for r, level in enumerate(pyramid(*size)):
             tags: Any = [(700, "B", 0, bif_xmp(True), True)] if r == 0 else []
             writer.write(
                 level, description=f"level={r} mag={20 // 4**r} quality=95", software=software,
@@ -189,8 +191,8 @@ def philips_xml(levels: list[Pixels]) -> str:
     )
 
 
-def write_philips_slide(path: Path) -> Path:
-    levels = pyramid()
+def write_philips_slide(path: Path, size: Size = (HEIGHT, WIDTH)) -> Path:
+    levels = pyramid(*size)
     software = "Philips DP v1.0"
     with tifffile.TiffWriter(path, bigtiff=True) as writer:
         writer.write(
@@ -220,9 +222,9 @@ def qpi_xml(kind: str, name: str = "RGB") -> str:
     )
 
 
-def write_qptiff_slide(path: Path) -> Path:
+def write_qptiff_slide(path: Path, size: Size = (HEIGHT, WIDTH)) -> Path:
     """A brightfield QPTIFF: one RGB page per level, as Akoya's Vectra Polaris writes H&E."""
-    levels = pyramid(factor=2)
+    levels = pyramid(*size, factor=2)
     resolution: dict[str, Any] = {"resolutionunit": "CENTIMETER"}
     software = "PerkinElmer-QPI"
 
@@ -260,7 +262,7 @@ def write_multiplexed_qptiff(
     return path
 
 
-VENDOR_WRITERS: dict[str, Callable[[Path], Path]] = {
+VENDOR_WRITERS: dict[str, Callable[[Path, Size], Path]] = {
     "hamamatsu": write_ndpi_slide,
     "leica": write_scn_slide,
     "ventana": write_bif_slide,
@@ -277,10 +279,10 @@ SUFFIXES = {
 OBJECTIVES = {"hamamatsu": 20.0, "leica": 20.0, "ventana": 20.0, "philips": None, "akoya": 20.0}
 
 
-def write_vendor_slide(vendor: str, folder: Path) -> Path:
+def write_vendor_slide(vendor: str, folder: Path, size: Size = (HEIGHT, WIDTH)) -> Path:
     """Write the ``vendor`` slide into ``folder``, named after the case and patient as labs
     name their files (the name is an identifier too), with the scanner's extension."""
-    return VENDOR_WRITERS[vendor](folder / f"{CASE}_DOE_JOHN{SUFFIXES[vendor]}")
+    return VENDOR_WRITERS[vendor](folder / f"{CASE}_DOE_JOHN{SUFFIXES[vendor]}", size)
 
 
 MRXS_TILE = 256
@@ -295,7 +297,7 @@ def _jpeg(rgb: Pixels) -> bytes:
     return encoded.tobytes()
 
 
-def write_mrxs_slide(path: Path) -> Path:
+def write_mrxs_slide(path: Path, size: Size = (HEIGHT, WIDTH)) -> Path:
     """A minimal 3DHISTECH MIRAX slide as OpenSlide's format description lays it out: ``path``
     (``.mrxs``) and a folder beside it with ``Slidedat.ini``, ``Index.dat`` and ``Data0000.dat``.
 
@@ -303,8 +305,8 @@ def write_mrxs_slide(path: Path) -> Path:
     follow from the image size), level 1 the 2 x 2 concatenation of level 0 halved; a macro and a
     label image in the non-hierarchical "Scan data layer"; the slide name in ``[GENERAL]``.
     """
-    full = slide_pixels(HEIGHT, WIDTH)
-    across, down = WIDTH // MRXS_TILE, HEIGHT // MRXS_TILE
+    full = slide_pixels(*size)
+    across, down = -(-size[1] // MRXS_TILE), -(-size[0] // MRXS_TILE)
     folder = path.with_suffix("")
     folder.mkdir(parents=True, exist_ok=True)
     data = bytearray()
@@ -317,7 +319,9 @@ def write_mrxs_slide(path: Path) -> Path:
 
     for y in range(down):
         for x in range(across):
-            tile = full[y * MRXS_TILE : (y + 1) * MRXS_TILE, x * MRXS_TILE : (x + 1) * MRXS_TILE]
+            tile = np.full((MRXS_TILE, MRXS_TILE, 3), 255, np.uint8)
+            part = full[y * MRXS_TILE : (y + 1) * MRXS_TILE, x * MRXS_TILE : (x + 1) * MRXS_TILE]
+            tile[: part.shape[0], : part.shape[1]] = part
             levels[0].append((y * across + x, *store(_jpeg(tile))))
     for y in range(0, down, 2):
         for x in range(0, across, 2):
