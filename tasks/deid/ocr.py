@@ -1,13 +1,15 @@
 """Find burned-in text in one image frame with an offline text detector, and blank what it finds.
 
-The detector is the PP-OCRv4 text-detection network (a DBNet) that the rapidocr-onnxruntime wheel
-ships under ``rapidocr_onnxruntime/models``: nothing is downloaded, and only detection runs (where
-the text is matters, not what it says). The ONNX session is loaded once per process.
+The networks are the PP-OCRv4 text detector (a DBNet) and recogniser that the rapidocr-onnxruntime
+wheel ships under ``rapidocr_onnxruntime/models``: nothing is downloaded. The detector proposes
+boxes; the recogniser then reads each one, and a box is kept only when it reads as at least two
+characters with confidence (bone, vessels and Doppler flow make the detector fire, but do not read
+as text). What the text says is never kept. The sessions are loaded once per process.
 
 Frames of any depth are windowed to 8 bit before detection. A 16-bit (or float) frame is looked at
-through more than one window, because annotations are usually drawn at the maximum value and a
-full-range window can leave them faint next to bright anatomy or bone: the boxes of every window
-are merged. Frames larger than the network's comfortable size are first downscaled (never below
+through two windows, its full range and its histogram equalised, because annotations drawn at the
+type's maximum leave anatomy (and text drawn at the anatomy's level) too faint in the first: the
+boxes of both are merged. Frames larger than the network's comfortable size are first downscaled (never below
 half size, to keep small text legible) and then cut into overlapping tiles.
 """
 
@@ -19,6 +21,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,19 +32,23 @@ from mira.errors import DeidentificationError
 DETECTION_MODEL = "ch_PP-OCRv4_det_infer.onnx"
 # Pixels of the network's probability map above this are text; a box whose mean probability is
 # under SCORE_THRESHOLD is dropped (the upstream defaults are 0.3 and 0.5).
-PIXEL_THRESHOLD = 0.3
-SCORE_THRESHOLD = 0.5
+PIXEL_THRESHOLD = 0.2
+SCORE_THRESHOLD = 0.35
 # DBNet predicts shrunk text kernels; boxes are grown back by area * ratio / perimeter.
 UNCLIP_RATIO = 1.6
 # Frames are run whole up to this side; larger ones are downscaled (at most by 2) then tiled.
 WHOLE_FRAME_SIDE = 1536
 TILE_SIDE = 1024
 TILE_OVERLAP = 128
-# Small frames are upscaled so their shorter side reaches this (small text in small frames).
-MIN_SIDE = 320
-# Windows of a high-bit-depth frame, as (low, high) percentiles of its values; (0, 100) is the
-# full range, the others saturate the brightest values where text is usually drawn.
-HIGH_DEPTH_WINDOWS = ((0.0, 100.0), (1.0, 99.0), (50.0, 99.9))
+# The detector needs text about 14 pixels high: frames are upscaled (by at most MAX_UPSCALE) until
+# their shorter side reaches DETECTION_SIDE, so 7-pixel text in a small frame is read.
+DETECTION_SIDE = 800
+MAX_UPSCALE = 2.5
+RECOGNITION_MODEL = "ch_PP-OCRv4_rec_infer.onnx"
+# A proposed box is text when the recogniser reads at least READ_MIN_CHARACTERS characters in it
+# with at least READ_MIN_SCORE confidence.
+READ_MIN_CHARACTERS = 2
+READ_MIN_SCORE = 0.5
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,7 @@ def find_text(frame: np.ndarray) -> list[TextBox]:
         return []
     boxes: list[TextBox] = []
     for view in views:
-        boxes.extend(_detect_scaled(view))
+        boxes.extend(box for box in _detect_scaled(view) if _reads_as_text(view, box))
     return _merge(boxes)
 
 
@@ -94,25 +101,61 @@ def blank_boxes(
 
 
 def warm_up() -> None:
-    """Load the detector now (about half a second) rather than on the first frame."""
+    """Load the networks now (about half a second) rather than on the first frame."""
     _session()
+    _recogniser()
+
+
+def _model_path(name: str) -> str:
+    model = Path(str(importlib.resources.files("rapidocr_onnxruntime") / "models" / name))
+    if not model.is_file():
+        raise DeidentificationError(f"OCR model missing from rapidocr-onnxruntime: {model}")
+    return str(model)
 
 
 @functools.lru_cache(maxsize=1)
 def _session() -> onnxruntime.InferenceSession:
     """The detection network, loaded once per process from the model file the wheel ships."""
-    model = Path(
-        str(importlib.resources.files("rapidocr_onnxruntime") / "models" / DETECTION_MODEL)
-    )
-    if not model.is_file():
-        raise DeidentificationError(f"OCR text-detection model missing: {model}")
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     threads = int(os.environ.get("MIRA_OCR_THREADS", "0"))
     if threads > 0:
         options.intra_op_num_threads = threads
     return onnxruntime.InferenceSession(
-        str(model), sess_options=options, providers=["CPUExecutionProvider"]
+        _model_path(DETECTION_MODEL), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _recogniser() -> Any:
+    """rapidocr's text recogniser (its CTC decoding and character list) on the shipped model."""
+    from rapidocr_onnxruntime.ch_ppocr_rec import TextRecognizer
+
+    return TextRecognizer(
+        {
+            "model_path": _model_path(RECOGNITION_MODEL),
+            "rec_batch_num": 6,
+            "rec_img_shape": [3, 48, 320],
+            "use_cuda": False,
+            "use_dml": False,
+            "intra_op_num_threads": int(os.environ.get("MIRA_OCR_THREADS", "0")) or -1,
+            "inter_op_num_threads": -1,
+        }
+    )
+
+
+def _reads_as_text(view: np.ndarray, box: TextBox) -> bool:
+    """Whether the recogniser reads the box's pixels as text (the reading itself is dropped)."""
+    crop = view[box.y0 : box.y1, box.x0 : box.x1]
+    if crop.shape[0] < 2 or crop.shape[1] < 2:
+        return False
+    crops = [crop]
+    if crop.shape[0] >= 1.5 * crop.shape[1]:  # a vertical line: read it turned either way
+        crops = [np.rot90(crop), np.rot90(crop, -1)]
+    readings, _elapsed = _recogniser()([np.ascontiguousarray(c) for c in crops])
+    return any(
+        float(score) >= READ_MIN_SCORE and len(text.replace(" ", "")) >= READ_MIN_CHARACTERS
+        for text, score in readings
     )
 
 
@@ -124,22 +167,26 @@ def _rgb_to_bgr8(frame: np.ndarray) -> np.ndarray:
 
 
 def _grey_windows(frame: np.ndarray) -> Iterator[np.ndarray]:
-    """8-bit views of a grey frame: itself when 8-bit, several windows when deeper."""
+    """8-bit views of a grey frame: itself when 8-bit; its full range and its equalised
+    histogram when deeper."""
     if frame.dtype == np.uint8:
         yield frame
         return
     values = frame.astype(np.float32)
-    low_high = np.percentile(values, sorted({p for w in HIGH_DEPTH_WINDOWS for p in w}))
-    percentile = dict(
-        zip(sorted({p for w in HIGH_DEPTH_WINDOWS for p in w}), low_high, strict=True)
-    )
-    seen: set[tuple[float, float]] = set()
-    for low_p, high_p in HIGH_DEPTH_WINDOWS:
-        low, high = float(percentile[low_p]), float(percentile[high_p])
-        if high <= low or (low, high) in seen:
-            continue
-        seen.add((low, high))
-        yield _window(values, low, high)
+    yield _window(values, float(values.min()), float(values.max()))
+    yield _equalised(frame)
+
+
+def _equalised(frame: np.ndarray) -> np.ndarray:
+    """Each value mapped to its rank among the frame's values (0..255): text at any level
+    distinct from what surrounds it stands out, whatever the extremes of the frame."""
+    levels, inverse = np.unique(frame, return_inverse=True)
+    if len(levels) < 2:
+        return np.zeros(frame.shape, np.uint8)
+    counts = np.bincount(inverse.ravel(), minlength=len(levels))
+    ranks = np.cumsum(counts) - counts
+    lut = (ranks * (255.0 / max(1, int(ranks[-1])))).astype(np.uint8)
+    return lut[inverse.reshape(frame.shape)]
 
 
 def _window(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -156,8 +203,9 @@ def _detect_scaled(image: np.ndarray) -> list[TextBox]:
     scale = 1.0
     if max(rows, columns) > WHOLE_FRAME_SIDE:
         scale = max(0.5, WHOLE_FRAME_SIDE / max(rows, columns))
-    elif min(rows, columns) < MIN_SIDE:
-        scale = min(4.0, MIN_SIDE / min(rows, columns))
+    elif min(rows, columns) < DETECTION_SIDE:
+        scale = min(MAX_UPSCALE, DETECTION_SIDE / min(rows, columns))
+        scale = min(scale, WHOLE_FRAME_SIDE / max(rows, columns))
     work = image
     if scale != 1.0:
         size = (max(1, round(columns * scale)), max(1, round(rows * scale)))
