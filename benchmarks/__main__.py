@@ -10,6 +10,7 @@ BENCHMARKS = (
     "bench_deid",
     "bench_deid_command",
     "bench_convert",
+    "bench_convert_dicom",
     "bench_convert_vendors",
     "bench_tile_reads",
     "bench_catalog",

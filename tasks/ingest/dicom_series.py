@@ -142,8 +142,13 @@ def read_wsi_instance(stream: BinaryIO) -> tuple[WsiInstance, list[FrameSpans]]:
             raise RejectedObject("unreadable", f"DICOM header: {err}") from err
         pixel_start = stream.tell()
     instance = wsi_instance_from_header(ds)
-    spans = _frame_spans(stream, pixel_start, instance, bool(ds.is_implicit_VR))
+    spans = _frame_spans(stream, pixel_start, instance, _implicit(instance))
     return instance, spans
+
+
+def _implicit(instance: WsiInstance) -> bool:
+    """Whether the data set is Implicit VR Little Endian (the only implicit syntax allowed)."""
+    return instance.transfer_syntax == "1.2.840.10008.1.2"
 
 
 def wsi_instance_from_header(ds: Dataset) -> WsiInstance:
@@ -484,7 +489,7 @@ def inspect_wsi_instance(stream: BinaryIO) -> tuple[WsiInstance | None, Rejectio
     except RejectedObject as rejected:
         return None, rejected.rejection
     try:
-        _frame_spans(stream, pixel_start, instance, bool(ds.is_implicit_VR))
+        _frame_spans(stream, pixel_start, instance, _implicit(instance))
     except RejectedObject as rejected:
         return instance, rejected.rejection
     return instance, None
