@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from mira.audit import log_objects
 from mira.cli.root import app, register_commands
-from storage import open_store
+from storage import Store, open_store
 from tasks.dataset import catalog, list_snapshots
 from tasks.sample.generate import generate_sample_data
 
 pytest_plugins = ["tests.prefect_fixtures"]
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
+
+
+def audit_records(store: Store) -> list[dict[str, Any]]:
+    """The research store's audit records (mira.audit), oldest first."""
+    return [
+        json.loads(line)
+        for _, key in log_objects(store)
+        for line in store.read_bytes(key).decode().splitlines()
+    ]
 
 
 def test_mira_run_goes_through_every_stage(
@@ -46,10 +58,13 @@ def test_mira_run_goes_through_every_stage(
         "after-batch-0001-radiology",
         "after-batch-0002-pathology",
     }
-    before = [(o.key, o.etag) for o in store.list()]
+    before = [(o.key, o.etag) for o in store.list() if not o.key.startswith("audit/")]
+    assert [r["operation"] for r in audit_records(store)] == ["run", "run"]
     again = runner.invoke(app, [*flags, "run", "batch-0001-radiology"])
     assert again.exit_code == 0, again.output
-    assert [(o.key, o.etag) for o in store.list()] == before  # a rerun adds and rewrites nothing
+    # A rerun adds and rewrites nothing but its own audit record.
+    assert [(o.key, o.etag) for o in store.list() if not o.key.startswith("audit/")] == before
+    assert [r["operation"] for r in audit_records(store)] == ["run", "run", "run"]
     assert "none (1 already converted)" in again.output, again.output
     split_row = next(line for line in again.output.splitlines() if "split sizes" in line)
     assert "train" in split_row or "validation" in split_row or "test" in split_row
