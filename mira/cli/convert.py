@@ -13,7 +13,11 @@ from mira.cli.progress import count_progress
 def convert(
     ctx: typer.Context,
     slide: Annotated[
-        str, typer.Argument(help="Slide file or URL (SVS, pyramidal TIFF, OME-TIFF).")
+        str,
+        typer.Argument(
+            help="Slide file or URL (SVS, pyramidal TIFF, OME-TIFF, vendor TIFF), or the folder "
+            "of a DICOM whole-slide series."
+        ),
     ],
     output: Annotated[str, typer.Argument(help="Pyramid folder or URL, e.g. out/slide.ome.zarr.")],
     ngff: Annotated[
