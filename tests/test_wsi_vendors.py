@@ -12,9 +12,12 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
+from typer.testing import CliRunner
 
+from mira.cli.root import app, register_commands
 from mira.errors import DeidentificationError, InvalidInput
 from storage import open_store
+from tasks.dataset import catalog
 from tasks.deid import DeidPolicy, deidentify_slide, scan_for_phi
 from tasks.ingest.sniff import inspect_object
 from tasks.sample import generate_sample_data
@@ -50,6 +53,7 @@ FORMATS = {
     "akoya": "qptiff",
 }
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytest_plugins = ["tests.prefect_fixtures"]
 
 
 def level0(path: Path) -> np.ndarray:
@@ -271,3 +275,27 @@ def test_mrxs_refuses_jpeg_passthrough_and_is_not_a_tiff_for_deid(tmp_path: Path
         )  # fmt: skip
     with pytest.raises(InvalidInput, match="not a readable TIFF"):
         deidentify_slide(path, tmp_path / "out.tiff", KEY, DeidPolicy.default())
+
+
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_pipeline_takes_the_sample_ndpi_through_every_stage(
+    tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``mira demo`` does with its NDPI: ``mira run`` ingests, de-identifies (catalog row
+    says hamamatsu, macro removed) and converts it."""
+    register_commands()
+    gateway, research = tmp_path / "gateway", tmp_path / "research"
+    generate_sample_data(gateway / "dropzone", patients=1, slides=0, slide_size=1024, ndpi_slides=1)
+    monkeypatch.setenv("MIRA_DEID_SECRET", "vendor-pipeline-test-secret-0123456789")
+    for name in ("MIRA_GATEWAY_URL", "MIRA_RESEARCH_URL"):
+        monkeypatch.delenv(name, raising=False)
+    flags = ["--gateway", str(gateway), "--research", str(research)]
+    result = CliRunner().invoke(app, [*flags, "run", "batch-0002-pathology"])
+    assert result.exit_code == 0, result.output
+    store = open_store(research)
+    slides = catalog.read_table(store, "slides").to_pylist()
+    assert [row["vendor"] for row in slides] == ["hamamatsu"]
+    (pyramid,) = [o.key for o in store.list("pyramids") if o.key.endswith(".ome.zarr/zarr.json")]
+    record = store.read_json(pyramid)["attributes"]["mira"]["slide"]
+    assert record["format"] == "ndpi" and record["mpp_x"] == pytest.approx(0.4416, rel=1e-4)
