@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mira.audit import AUDIT_PREFIX
 from mira.errors import ConfigError
 from tasks import layout
 
@@ -40,10 +41,11 @@ ROLE_SUMMARY: Mapping[Role, str] = {
     Role.PIPELINE: "reads, writes and deletes the gateway; reads, writes, deletes and locks the "
     "research store. The only role that reads the gateway (PHI) or writes research data.",
     Role.CURATOR: "reads the whole research store; writes only review decisions "
-    f"({layout.CATALOG}/review/), splits ({layout.CATALOG}/splits/) and snapshots "
-    f"({layout.SNAPSHOTS}/), and may lock them; deletes nothing; no gateway access.",
-    Role.READER: "lists and reads its cohorts' prefixes and snapshots, nothing else; "
-    "writes and deletes nothing; no gateway access.",
+    f"({layout.CATALOG}/review/), splits ({layout.CATALOG}/splits/), snapshots "
+    f"({layout.SNAPSHOTS}/) and audit records ({AUDIT_PREFIX}/), and may lock them; deletes "
+    "nothing; no gateway access.",
+    Role.READER: "lists and reads its cohorts' prefixes and snapshots, and appends to the "
+    f"audit log ({AUDIT_PREFIX}/); writes and deletes nothing else; no gateway access.",
     Role.ADMIN: "every S3 action on the research store; on the gateway only the bucket's "
     "settings (versioning, Object Lock, encryption), neither its keys nor its objects; cannot "
     "shorten a COMPLIANCE retention (the server refuses everyone).",
@@ -163,6 +165,10 @@ class Permission:
     store: str
     prefix: str
     actions: frozenset[Action]
+    # also list the prefix named without its trailing "/", as mira's store.list("audit") asks;
+    # only for folders no other key name starts with (audit/), never for cohorts' prefixes,
+    # where "snapshots/a" would also list "snapshots/a2/"
+    list_bare: bool = False
 
 
 @dataclass(frozen=True)
@@ -232,12 +238,28 @@ def role_permissions(
         yield Permission(stores.research, "", everything | {"lock"})
     elif principal.role is Role.CURATOR:
         yield Permission(stores.research, "", READ)
+        yield audit_permission(stores)
         for prefix in (f"{layout.CATALOG}/review/", f"{layout.CATALOG}/splits/"):
             yield Permission(stores.research, prefix, frozenset({"write"}))
         yield Permission(stores.research, f"{layout.SNAPSHOTS}/", frozenset({"write", "lock"}))
     else:
+        yield audit_permission(stores)
         for cohort_name in principal.cohorts:
             yield from cohort_permissions(cohorts[cohort_name], stores.research)
+
+
+def audit_permission(stores: Stores) -> Permission:
+    """Every mira command appends its record to the research store's audit log (``mira.audit``):
+    it lists the log, reads the last object (the chain's previous hash) and writes the next one
+    under a lock. So every role may do that in ``audit/``, and the log shows other cohorts'
+    keys to a reader (docs/security.md); an overwrite leaves the locked version, which
+    ``mira audit verify`` reports."""
+    return Permission(
+        stores.research,
+        f"{AUDIT_PREFIX}/",
+        frozenset({"list", "read", "write", "lock"}),
+        list_bare=True,
+    )
 
 
 def cohort_permissions(cohort: Cohort, default_store: str) -> Iterable[Permission]:

@@ -50,6 +50,8 @@ class PermissionLike(Protocol):
     def prefix(self) -> str: ...
     @property
     def actions(self) -> frozenset[str]: ...
+    @property
+    def list_bare(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,8 @@ def policy_document(granted: Iterable[PermissionLike]) -> dict[str, Any]:
     for permission in granted:
         bucket, key = _bucket_and_key(permission.store, permission.prefix)
         buckets.add(bucket)
-        statements.extend(_statements(bucket, key, permission.actions))
+        bare = permission.list_bare and key.endswith("/")
+        statements.extend(_statements(bucket, key, permission.actions, bare))
     if buckets:
         statements.append(
             _statement(list(BUCKET_METADATA), [f"arn:aws:s3:::{b}" for b in sorted(buckets)])
@@ -102,9 +105,12 @@ def policy_document(granted: Iterable[PermissionLike]) -> dict[str, Any]:
     return {"Version": "2012-10-17", "Statement": statements}
 
 
-def _statements(bucket: str, key: str, actions: frozenset[str]) -> list[dict[str, Any]]:
+def _statements(
+    bucket: str, key: str, actions: frozenset[str], list_bare: bool = False
+) -> list[dict[str, Any]]:
     objects = f"arn:aws:s3:::{bucket}/{key}*"
-    condition = {"StringLike": {"s3:prefix": [f"{key}*"]}} if key else None
+    listed = [f"{key}*", key.removesuffix("/")] if list_bare else [f"{key}*"]
+    condition = {"StringLike": {"s3:prefix": listed}} if key else None
     if "admin" in actions:
         return [_statement(["s3:*"], [objects]), _statement(["s3:*"], [f"arn:aws:s3:::{bucket}"])]
     found: list[dict[str, Any]] = []

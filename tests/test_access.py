@@ -190,7 +190,13 @@ def test_documents_grant_each_role_only_its_rights() -> None:
     reader_doc = json.dumps(policy_document(granted["reader-a"]))
     assert "lab/dicom/PA/*" in reader_doc and "PB" not in reader_doc
     assert "lab/snapshots/snap-a/*" in reader_doc and "snap-b" not in reader_doc
-    assert not any(word in reader_doc for word in ("PutObject", "Delete", "s3:*", GATEWAY_BUCKET))
+    assert not any(word in reader_doc for word in ("Delete", "s3:*", GATEWAY_BUCKET))
+    writes = [
+        statement["Resource"]
+        for statement in policy_document(granted["reader-a"])["Statement"]
+        if "s3:PutObject" in statement["Action"]
+    ]
+    assert writes == [[f"arn:aws:s3:::{RESEARCH_BUCKET}/lab/audit/*"]]  # its audit records only
     assert readers_of(policy, stores, GATEWAY) == ["etl"]
     assert {p.role for p in policy.principals.values()} == set(Role)
 
@@ -468,3 +474,31 @@ def test_a_cohort_store_inside_the_gateway_is_refused() -> None:
     beside = {"store": f"s3://{GATEWAY_BUCKET}/other", "prefixes": [""]}
     policy = AccessPolicy.model_validate({**POLICY, "cohorts": {**POLICY["cohorts"], "ok": beside}})
     assert permissions(policy, stores)
+
+
+@pytest.mark.s3
+def test_every_role_appends_its_mira_operations_to_the_audit_log(applied: Applied) -> None:
+    from mira.audit import audited, log_objects, verify_log
+    from mira.settings import Settings
+
+    before = len(log_objects(open_store(RESEARCH, applied.server.config)))
+    for name, key in (("reader-a", "dicom/PA/s1/x1/i1.dcm"), ("cura", "dicom/PB/s2/x2/i2.dcm")):
+        key_id, secret = applied.keys(name)
+        settings = Settings.model_validate(
+            {
+                "gateway_url": GATEWAY,
+                "research_url": RESEARCH,
+                "s3_endpoint_url": applied.endpoint,
+                "MIRA_S3_ACCESS_KEY_ID": key_id,
+                "MIRA_S3_SECRET_ACCESS_KEY": secret,
+                "MIRA_S3_REGION": "us-east-1",
+            }
+        )
+        with audited(settings, "read-one"):
+            assert settings.research().read_bytes(key).startswith(b"payload")
+    owner_view = open_store(RESEARCH, applied.server.config)
+    objects = log_objects(owner_view)
+    assert len(objects) == before + 2
+    last = [json.loads(owner_view.read_bytes(k)) for _, k in objects[-2:]]
+    assert [r["who"] for r in last] == [f"s3:{applied.keys(n)[0]}" for n in ("reader-a", "cura")]
+    assert verify_log(owner_view).intact
