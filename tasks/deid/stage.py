@@ -37,6 +37,7 @@ from tasks.deid.duplicates import (
     published_instances,
     settle_instances,
 )
+from tasks.deid.holds import hold_suspects, quarantine_outcome
 from tasks.deid.ingested import CHANGED_AFTER_INGEST, IngestRecord, ingested_copy, read_ingested
 from tasks.deid.names import batch_name_hits, coded_values, path_identifiers
 from tasks.deid.phiscan import collect_identifiers, scan_for_phi, scan_slide_file
@@ -44,14 +45,8 @@ from tasks.deid.profile import DeidPolicy
 from tasks.deid.pseudonyms import pseudonymize_patient_id
 from tasks.deid.rows import instance_row, slide_row
 from tasks.deid.slide import deidentify_slide
-from tasks.deid.suspects import (
-    PHI_SUSPECT,
-    attribute_paths,
-    staged_key,
-    suspect_detail,
-    suspect_fields,
-)
-from tasks.ingest import QuarantineEntry, quarantine, read_accepted, write_reason
+from tasks.deid.suspects import PHI_SUSPECT
+from tasks.ingest import read_accepted
 from tasks.parallel import dask_client, parallel_map
 
 log = logging.getLogger(__name__)
@@ -152,7 +147,7 @@ def deidentify_batch(
     record_duplicates(gateway, join_key(layout.DEID, batch, DUPLICATES_NAME), outcomes)
     for outcome in outcomes:
         if outcome.refusal and outcome.refusal != PHI_SUSPECT:  # held already
-            _quarantine(gateway, batch, outcome, outcome.refusal, outcome.detail)
+            quarantine_outcome(gateway, gateway, outcome, outcome.refusal, outcome.detail, batch)
     published = publish(staging, research, outcomes)
     result = _commit_catalog(research, batch, published, outcomes, policy)
     gateway.write_json(summary_key, asdict(result))
@@ -209,7 +204,7 @@ def deidentify_folder(
         outcomes = settle_instances(outcomes, output, known)
         record_duplicates(quarantine_store, DUPLICATES_NAME, outcomes)
         for item in unsupported:
-            _quarantine_to(
+            quarantine_outcome(
                 quarantine_store,
                 source,
                 Outcome(item=item),
@@ -218,7 +213,9 @@ def deidentify_folder(
             )
         for outcome in outcomes:
             if outcome.refusal and outcome.refusal != PHI_SUSPECT:  # held already
-                _quarantine_to(quarantine_store, source, outcome, outcome.refusal, outcome.detail)
+                quarantine_outcome(
+                    quarantine_store, source, outcome, outcome.refusal, outcome.detail
+                )
         published = publish(staging, output, outcomes)
     refusals = refusal_counts(outcomes)
     if unsupported:
@@ -406,77 +403,6 @@ def check_batch_name(job: DeidJob, outcomes: Sequence[Outcome]) -> None:
         "neutral batch name (e.g. batch-0042) after removing this batch's ingest record "
         "(ingest/<batch>/ on the gateway), or they count as duplicates of this one"
     )
-
-
-def hold_suspects(
-    job: DeidJob, outcomes: Sequence[Outcome], quarantine_store: Store, publish_to: str = ""
-) -> list[Outcome]:
-    """Hold every output the scan flagged: its input to the quarantine as ``phi-suspect``, its
-    staged output kept beside it (PHI side) for a person to release or drop; the rest goes on."""
-    settled = []
-    for outcome in outcomes:
-        if not outcome.phi_hits or not (outcome.research_key and outcome.row):
-            settled.append(outcome)
-            continue
-        paths = attribute_paths(outcome.phi_hits)
-        target = _quarantine_target(quarantine_store, job.source, job.batch, outcome.item.path)
-        staged = staged_key(target, outcome.research_key)
-        with job.staging.open_read(outcome.research_key) as stream:
-            quarantine_store.write_stream(staged, stream)
-        kind = "slide" if outcome.item.format == "slide" else "instance"
-        fields = suspect_fields(paths, outcome.research_key, staged, outcome.row, kind, publish_to)
-        detail = suspect_detail(paths)
-        _quarantine_to(
-            quarantine_store, job.source, outcome, PHI_SUSPECT, detail, job.batch, fields
-        )
-        held = replace(outcome, research_key=None, row=None, refusal=PHI_SUSPECT, detail=detail)
-        settled.append(held)
-    return settled
-
-
-def _quarantine(gateway: Store, batch: str, outcome: Outcome, reason: str, detail: str) -> None:
-    _quarantine_to(gateway, gateway, outcome, reason, detail, batch)
-
-
-def _quarantine_to(
-    quarantine_store: Store,
-    source: Store,
-    outcome: Outcome,
-    reason: str,
-    detail: str,
-    batch: str = "",
-    extra: Mapping[str, Any] | None = None,
-) -> str:
-    """Quarantine one input; returns its quarantine key. In a batch the copy stays on the
-    gateway store; for ``mira deid`` it is streamed from the input store into the quarantine
-    folder."""
-    item = outcome.item
-    entry = QuarantineEntry(
-        batch=batch,
-        path=item.path,
-        reason=reason,
-        detail=detail,
-        sha256=item.sha256 or None,
-        size=item.size,
-        detected_format=item.format,
-        stage="deidentify",
-        extra=extra or {},
-    )
-    if quarantine_store is source:
-        return quarantine(quarantine_store, item.key, entry)
-    target = _quarantine_target(quarantine_store, source, batch, item.path)
-    with source.open_read(item.key) as stream:
-        quarantine_store.write_stream(target, stream)
-    write_reason(quarantine_store, target, entry)
-    return target
-
-
-def _quarantine_target(quarantine_store: Store, source: Store, batch: str, path: str) -> str:
-    """The quarantine key of an input: under ``quarantine/`` on the gateway, or at its own path
-    in a ``mira deid`` quarantine folder."""
-    if quarantine_store is source:
-        return layout.quarantine_key(batch, path)
-    return join_key(batch, path)
 
 
 def publish(staging: Store, research: Store, outcomes: Sequence[Outcome]) -> list[Outcome]:
