@@ -351,3 +351,28 @@ def test_sample_data_emits_a_dicom_slide_that_goes_through_as_one(tmp_path: Path
         if path.is_file():
             data = path.read_bytes()
             assert not any(name.encode() in data for name in names if len(name) > 3), path
+
+
+def test_an_interrupted_conversion_resumes_to_the_same_pyramid(tmp_path: Path) -> None:
+    write_dicom_wsi(tmp_path / "s", 600, 700, tile=TILE, codec="jpegls")
+    first = _convert(tmp_path, "s", tmp_path / "out")
+    level0, level1 = first["0"], first["1"]
+    shards = sorted((first.path / "0").rglob("c/*/*/*"))
+    assert len(shards) > 1
+    kept = shards[0].read_bytes()
+    # a killed run: the root (the completion record) unpublished, a level-0 shard and the
+    # levels above it (written after their children) not yet written
+    (first.path / "zarr.json").unlink()
+    shards[-1].unlink()
+    for level in first.path.iterdir():
+        if level.is_dir() and level.name != "0":
+            for shard in level.rglob("c/*/*/*"):
+                shard.unlink()
+    again = convert_slide(
+        open_store(tmp_path), "s", open_store(tmp_path / "out"), "p.ome.zarr", OPTIONS
+    )
+    assert not again.skipped
+    assert shards[0].read_bytes() == kept and shards[-1].exists()
+    assert np.array_equal(Pyramid(first.path)["0"], level0)
+    assert np.array_equal(Pyramid(first.path)["1"], level1)
+    assert np.array_equal(_level0(Pyramid(first.path)), dicom_wsi_pixels(600, 700, TILE))
