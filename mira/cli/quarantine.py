@@ -175,5 +175,8 @@ def quarantine_drop(
     out.print(f"{decision['item']}: dropped by {decision['by']}", highlight=False)
 
 
+quarantine_app.command("reject", hidden=True, help="The same as drop.")(quarantine_drop)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(quarantine_app, name="quarantine")
