@@ -387,3 +387,22 @@ def test_a_held_slide_is_shown_and_released_into_the_slides_table(
     assert row["key"] == key and row["batch"] == BATCH
     batches = catalog.read_part(research, "batches", BATCH)
     assert batches is not None and batches.column("slides").to_pylist() == [1]
+
+
+def test_release_is_refused_when_the_uid_was_published_under_another_key_meanwhile(
+    local_store: Store,
+) -> None:
+    research = local_store.child("research")
+    site_a, site_b = local_store.child("site-a"), local_store.child("site-b")
+    drop_batch(site_a, "batch-a", {"leaky.dcm": leaky_ct()})
+    run_batch(site_a, research, "batch-a", policy_from_mapping(LEAKY))
+    same_uid = dicom_bytes("CT_small.dcm", SOPInstanceUID=LEAKY_UID, PatientID="OTHER-9")
+    drop_batch(site_b, "batch-b", {"ct.dcm": same_uid})
+    assert run_batch(site_b, research, "batch-b", DeidPolicy.default()).instances == 1  # type: ignore[attr-defined]
+    before = sorted((o.key, o.etag) for o in research.list())
+
+    queue = QuarantineQueue(site_a)
+    with pytest.raises(InvalidInput, match="already published as dicom/"):
+        queue.release("batch-a/leaky.dcm", "dr-ada", research=research)
+    assert sorted((o.key, o.etag) for o in research.list()) == before
+    assert queue.item("batch-a/leaky.dcm").status == "pending"

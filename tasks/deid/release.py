@@ -54,7 +54,7 @@ def publish_held(store: Store, record: Mapping[str, Any], target: Store) -> str:
 
 
 def _check_uid(target: Store, batch: str, key: str, uid: str) -> None:
-    published = published_instances(target, batch or None).get(uid)
+    published = published_instances(target, batch or None, [uid]).get(uid)
     if published is not None and published.key != key:
         raise InvalidInput(
             f"SOP Instance UID {uid} is already published as {published.key}; releasing this "
