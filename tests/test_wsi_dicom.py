@@ -376,3 +376,17 @@ def test_an_interrupted_conversion_resumes_to_the_same_pyramid(tmp_path: Path) -
     assert np.array_equal(Pyramid(first.path)["0"], level0)
     assert np.array_equal(Pyramid(first.path)["1"], level1)
     assert np.array_equal(_level0(Pyramid(first.path)), dicom_wsi_pixels(600, 700, TILE))
+
+
+@pytest.mark.s3
+def test_a_series_on_s3_converts_by_range_reads(s3_store: Store, tmp_path: Path) -> None:
+    paths = write_dicom_wsi(tmp_path / "s", HEIGHT, WIDTH, tile=TILE, codec="jpeg2000", parts=2)
+    for path in paths:
+        s3_store.write_bytes(f"series/{path.name}", path.read_bytes())
+    result = convert_slide(s3_store, "series", s3_store, "p.ome.zarr", OPTIONS)
+    assert not result.skipped and result.levels == 3
+    local = _convert(tmp_path, "s", tmp_path / "out")
+    pyramid = zarr.open_array(s3_store.zarr_store("p.ome.zarr/0", read_only=True), mode="r")
+    assert np.array_equal(np.asarray(pyramid[:]), local["0"])
+    again = convert_slide(s3_store, "series", s3_store, "p.ome.zarr", OPTIONS)
+    assert again.skipped and again.source_sha256 == result.source_sha256
