@@ -15,13 +15,13 @@ import tifffile
 from typer.testing import CliRunner
 
 from mira.cli.root import app, register_commands
-from mira.errors import DeidentificationError, InvalidInput
+from mira.errors import InvalidInput
 from storage import open_store
 from tasks.dataset import catalog
 from tasks.deid import DeidPolicy, deidentify_slide, scan_for_phi
 from tasks.ingest.sniff import inspect_object
 from tasks.sample import generate_sample_data
-from tasks.slide_vendors import associated_pages, main_series, slide_vendor
+from tasks.slide_vendors import associated_pages, main_series, slide_vendor, vendor_optics
 from tasks.wsi.convert import ConvertOptions, convert_slide
 from tests.test_wsi import all_text, attributes, open_pyramid, pixels
 from tests.vendor_slides import (
@@ -189,16 +189,31 @@ def test_converts_the_original_vendor_file_too(
     assert np.array_equal(pixels(group, 0), np.moveaxis(level0(path), -1, 0))
 
 
-def test_multiplexed_qptiff_is_refused_clearly(tmp_path: Path) -> None:
-    path = write_multiplexed_qptiff(tmp_path / "multiplex.qptiff")
+def test_multiplexed_qptiff_keeps_its_channels_in_deid_and_is_refused_by_convert(
+    tmp_path: Path,
+) -> None:
+    """A page per channel: de-identification keeps every channel page of every level (names
+    and colours kept, identifiers gone); conversion of several channels is refused clearly."""
+    channels = ("DAPI", "CD8", "PanCK")
+    path = write_multiplexed_qptiff(tmp_path / "S24-01234_DOE_JOHN.qptiff", channels)
     with path.open("rb") as stream:
         inspection = inspect_object(stream)
     assert inspection.slide is not None and inspection.slide.vendor == "akoya"
-    with pytest.raises(DeidentificationError, match="multiplexed QPTIFF"):
-        deidentify_slide(path, tmp_path / "out.tiff", KEY, DeidPolicy.default())
+    out = tmp_path / "out.tiff"
+    result = deidentify_slide(path, out, KEY, DeidPolicy.default())
+    assert result.vendor == "akoya" and result.levels == 2 and result.removed_images == ()
+    data = out.read_bytes()
+    assert not [token for token in PLANTED if token.encode() in data]
+    assert scan_for_phi([("slides/x.tiff", data)], result.identifiers) == []
+    with tifffile.TiffFile(path) as before, tifffile.TiffFile(out) as after:
+        assert slide_vendor(after) == "akoya"
+        assert vendor_optics(after, after.pages.first).channels == channels
+        assert np.array_equal(before.series[0].asarray(), after.series[0].asarray())
+        assert after.series[0].shape == (3, HEIGHT, WIDTH)
+        assert [s.name for s in after.series] == ["Baseline", "Thumbnail"]
     with pytest.raises(InvalidInput, match="multiplexed channels"):
         convert_slide(
-            open_store(tmp_path), path.name, open_store(tmp_path / "p"), "p.ome.zarr",
+            open_store(tmp_path), out.name, open_store(tmp_path / "p"), "p.ome.zarr",
             ConvertOptions(),
         )  # fmt: skip
 

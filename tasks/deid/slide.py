@@ -40,6 +40,7 @@ from tasks.deid.vendor_scrub import (
     ndpi_tags,
     philips_description,
     qpi_description,
+    qpi_thumbnail_description,
     safe_software,
     scn_description,
     vendor_identifiers,
@@ -83,7 +84,6 @@ def deidentify_slide(src: Source, dst: Source, key: bytes, policy: DeidPolicy) -
     check_key(key)
     digest = _sha256(src)
     with _open_tiff(src) as tif:
-        _refuse_multiplexed(tif)
         pages = pyramid_pages(tif)
         vendor = _output_vendor(tif, pages)
         identifiers = collect_slide_identifiers(tif, policy)
@@ -140,22 +140,14 @@ def _output_vendor(tif: tifffile.TiffFile, pages: PyramidPages) -> str:
     return vendor if vendor in VENDOR_LAYOUTS else "generic"
 
 
-def _refuse_multiplexed(tif: tifffile.TiffFile) -> None:
-    """A QPTIFF with one page per channel is refused whole: its channels share a level's
-    geometry, and keeping one page per level would silently drop the others."""
-    if slide_vendor(tif) == "akoya":
-        channels = vendor_optics(tif, tif.pages.first).channels
-        if len(channels) > 1:
-            raise DeidentificationError(
-                f"multiplexed QPTIFF ({len(channels)} channel pages) cannot be de-identified yet"
-            )
-
-
 def _write_vendor_pyramid(
     writer: tifffile.TiffWriter, tif: tifffile.TiffFile, pages: PyramidPages, vendor: str
 ) -> None:
     """The kept levels, largest first, with the vendor's metadata rebuilt from its allow-list
     (:mod:`vendor_scrub`), so the output still reads as that vendor's layout."""
+    if pages.planes:
+        _write_channel_pyramid(writer, tif, pages)
+        return
     levels = [pages.base, *pages.subifd_levels, *pages.levels]
     first_description = {
         "leica": scn_description(tif.pages.first.description or "", levels),
@@ -174,6 +166,25 @@ def _write_vendor_pyramid(
         elif vendor == "akoya":
             description = qpi_description(page)
         _copy_page(writer, tif, page, description, software=software, extratags=extratags)
+
+
+def _write_channel_pyramid(
+    writer: tifffile.TiffWriter, tif: tifffile.TiffFile, pages: PyramidPages
+) -> None:
+    """A multiplexed QPTIFF: each level's channel pages, with a greyscale thumbnail of the
+    first channel after level 0 (rebuilt from its smallest level), as QPTIFF lays them out."""
+    for number, plane in enumerate(pages.planes):
+        for page in plane:
+            _copy_page(writer, tif, page, qpi_description(page), software=safe_software(page))
+        if number == 0:
+            thumbnail = pyramid_thumbnail(pages.smallest)
+            writer.write(
+                thumbnail,
+                description=qpi_thumbnail_description(pages.base),
+                software=safe_software(pages.base) or False,
+                compression="zlib",
+                metadata=None,
+            )
 
 
 def _copy_ndpi_page(

@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from tifffile.tifffile import jpeg_shape
 
 from mira.errors import DeidentificationError, InvalidInput
-from tasks.slide_vendors import associated_pages
+from tasks.slide_vendors import associated_pages, slide_vendor
 
 THUMBNAIL_MAX = 1024  # pixels on the long side of a rebuilt thumbnail
 _JPEG = frozenset({7, 33007, 34892})  # compressions tifffile decodes with the JPEG codec
@@ -45,6 +45,9 @@ class PyramidPages:
     subifd_levels: tuple[tifffile.TiffPage, ...]
     levels: tuple[tifffile.TiffPage, ...]
     removed: tuple[str, ...]
+    # A multiplexed QPTIFF: each level's pages, one per channel, largest level first (the
+    # first channel's pages are ``base`` and ``levels``); empty for every other slide.
+    planes: tuple[tuple[tifffile.TiffPage, ...], ...] = ()
 
     @property
     def count(self) -> int:
@@ -59,6 +62,8 @@ def pyramid_pages(tif: tifffile.TiffFile) -> PyramidPages:
     """Sort a slide's pages into its pyramid and the pages to drop (see the module doc)."""
     pages = _main_pages(tif)
     named = associated_pages(tif)  # what the vendor's metadata calls label, macro, ...
+    if (channels := _channel_pyramid(tif, pages, named)) is not None:
+        return channels
     candidates = [
         p for p in pages if p.is_tiled and not _associated_word(p) and p.index not in named
     ]
@@ -78,6 +83,43 @@ def pyramid_pages(tif: tifffile.TiffFile) -> PyramidPages:
         subifd_levels=tuple(sorted(sub_levels, key=_area, reverse=True)),
         levels=tuple(sorted(levels, key=_area, reverse=True)),
         removed=tuple(removed),
+    )
+
+
+def _channel_pyramid(
+    tif: tifffile.TiffFile, pages: list[tifffile.TiffPage], named: dict[int, str]
+) -> PyramidPages | None:
+    """A multiplexed QPTIFF's pyramid: level 0 is every tiled page of the first page's size and
+    pixel format (one per channel); a level is a size, a reduction of level 0, held by exactly
+    as many pages. None for any other slide."""
+    if slide_vendor(tif) != "akoya":
+        return None
+    tiled = [p for p in pages if p.is_tiled and p.index not in named]
+    if not tiled:
+        return None
+    base = tiled[0]
+    fmt = (base.imagewidth, base.imagelength, base.samplesperpixel, base.dtype)
+    channels = [
+        p for p in tiled if (p.imagewidth, p.imagelength, p.samplesperpixel, p.dtype) == fmt
+    ]
+    if len(channels) < 2:
+        return None
+    sizes: dict[tuple[int, int], list[tifffile.TiffPage]] = {}
+    for page in tiled:
+        if page in channels or _is_level_of(base, page):
+            sizes.setdefault((int(page.imagewidth), int(page.imagelength)), []).append(page)
+    planes = sorted(
+        (tuple(group) for group in sizes.values() if len(group) == len(channels)),
+        key=lambda group: _area(group[0]),
+        reverse=True,
+    )
+    kept = {id(p) for plane in planes for p in plane}
+    return PyramidPages(
+        base=base,
+        subifd_levels=(),
+        levels=tuple(plane[0] for plane in planes[1:]),
+        removed=tuple(named.get(p.index) or _removed_name(p) for p in pages if id(p) not in kept),
+        planes=tuple(planes),
     )
 
 

@@ -190,6 +190,21 @@ def qpi_description(page: tifffile.TiffPage) -> str:
     )
 
 
+def qpi_thumbnail_description(page: tifffile.TiffPage) -> str:
+    """The XML of a rebuilt QPTIFF thumbnail: its image type, and the source page's objective."""
+    root = _xml(page.description or "")
+    objective = root.find("Objective") if root is not None else None
+    kept = (
+        f"<Objective>{escape(objective.text.strip())}</Objective>"
+        if objective is not None and objective.text
+        else ""
+    )
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\r\n<PerkinElmer-QPI-ImageDescription>'
+        f"<ImageType>Thumbnail</ImageType>{kept}</PerkinElmer-QPI-ImageDescription>"
+    )
+
+
 def vendor_identifiers(tif: tifffile.TiffFile, vendor: str) -> set[str]:
     """Identifier tokens in a vendor's metadata (for the PHI scan of the output)."""
     tokens: set[str] = set()
