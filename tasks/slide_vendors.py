@@ -139,7 +139,7 @@ def _pages(tif: tifffile.TiffFile) -> Iterator[tifffile.TiffPage]:
             yield page
 
 
-def _scn_root(xml: str) -> ET.Element | None:
+def _parse_xml(xml: str) -> ET.Element | None:
     try:
         return ET.fromstring(xml)
     except ET.ParseError:
@@ -156,7 +156,7 @@ def _children(element: ET.Element, name: str) -> list[ET.Element]:
 
 def scn_images(xml: str) -> Iterator[tuple[ET.Element, ET.Element, bool]]:
     """Each ``(collection, image, is_macro)`` of a Leica SCN description."""
-    root = _scn_root(xml)
+    root = _parse_xml(xml)
     if root is None:
         return
     for collection in _children(root, "collection"):
@@ -201,7 +201,7 @@ def bif_iscan(tif: tifffile.TiffFile) -> dict[str, str]:
         if xmp is None:
             continue
         text = xmp.decode("utf-8", "replace") if isinstance(xmp, bytes) else str(xmp)
-        root = _scn_root(text.strip("\0 \r\n"))
+        root = _parse_xml(text.strip("\0 \r\n"))
         if root is None:
             continue
         for element in root.iter():
@@ -218,7 +218,7 @@ def _bif_optics(tif: tifffile.TiffFile) -> VendorOptics:
 
 def philips_spacings(xml: str) -> list[tuple[float, float]]:
     """Each level's ``DICOM_PIXEL_SPACING`` (row, column) in mm, largest level first."""
-    root = _scn_root(xml)
+    root = _parse_xml(xml)
     if root is None:
         return []
     spacings = []
@@ -241,7 +241,7 @@ def _philips_optics(xml: str) -> VendorOptics:
 def _qpi_field(xml: str, name: str) -> str | None:
     if "PerkinElmer-QPI-ImageDescription" not in xml[:512]:
         return None
-    root = _scn_root(xml)
+    root = _parse_xml(xml)
     element = root.find(name) if root is not None else None
     return element.text.strip() if element is not None and element.text else None
 
