@@ -23,11 +23,15 @@ from tasks.ingest import WSI_SOP_CLASS
 LABEL_IMAGE = "slide-label-image"  # refusal code: a LABEL or OVERVIEW instance, dropped
 THUMBNAIL_TEXT = "slide-thumbnail-text"  # refusal code: a THUMBNAIL showing text, dropped
 LABEL_FLAVOURS = ("LABEL", "OVERVIEW")
+# Deflated Explicit VR Little Endian: the one transfer syntax whose header is not plain bytes.
+DEFLATED = b"1.2.840.10008.1.2.1.99"
 
 
 def associated_image_refusal(data: bytes) -> tuple[str, str] | None:
     """Why a whole-slide instance must not leave (refusal code, detail), or None: it is no
     whole-slide instance, a pyramid level, or a thumbnail without text."""
+    if WSI_SOP_CLASS.encode() not in data and DEFLATED not in data:
+        return None  # the class UID is in every whole-slide file's header, unless deflated
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)

@@ -52,10 +52,13 @@ def path_identifiers(path: str, coded_values: Iterable[str] = ()) -> set[str]:
     return {name for name in (*pure.parts, pure.stem) if name.casefold() not in exempt}
 
 
-def coded_values(data: bytes) -> set[str]:
-    """Every Code String value of a DICOM file, at every nesting level (file meta excluded)."""
+def coded_values(data: bytes | Dataset | None) -> set[str]:
+    """Every Code String value of a DICOM file (its bytes, or the file already read), at every
+    nesting level (file meta excluded)."""
+    if isinstance(data, Dataset):
+        return _dataset_codes(data)
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+        dataset = pydicom.dcmread(io.BytesIO(data or b""), stop_before_pixels=True, force=True)
     except Exception:  # an unreadable output exempts nothing
         return set()
     return _dataset_codes(dataset)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,16 +81,32 @@ def _path_tokens(path: Path) -> set[str]:
     return {t for t in (path.name, path.stem) if is_searchable(t)}
 
 
-def scan_for_phi(files: Iterable[tuple[str, bytes]], identifiers: Iterable[str]) -> list[PhiHit]:
-    """Every place where an identifier occurs in the given (path or key, content) outputs."""
+def scan_for_phi(
+    files: Iterable[tuple[str, bytes]],
+    identifiers: Iterable[str],
+    parsed: Mapping[str, Dataset] | None = None,
+) -> list[PhiHit]:
+    """Every place where an identifier occurs in the given (path or key, content) outputs.
+
+    ``parsed`` holds, by name, a DICOM output already read back from its bytes
+    (``read_output``), so the caller that needs its values too reads it once."""
     matcher = IdentifierMatcher(identifiers)
     if not matcher:
         return []
     raw_tokens = tuple(t.encode("utf-8") for t in matcher.tokens if len(t) >= RAW_MIN_TOKEN_CHARS)
     hits: list[PhiHit] = []
     for name, data in files:
-        hits.extend(_scan_one(name, bytes(data), matcher, raw_tokens))
+        dataset = (parsed or {}).get(name)
+        hits.extend(_scan_one(name, bytes(data), matcher, raw_tokens, dataset))
     return hits
+
+
+def read_output(data: bytes) -> Dataset | None:
+    """A DICOM output read back from its bytes, as the scan reads it; None when unreadable."""
+    try:
+        return pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception:
+        return None
 
 
 SCAN_CHUNK_BYTES = 32 * 1024 * 1024
@@ -130,13 +146,17 @@ def _raw_hits_in_file(path: Path, tokens: tuple[bytes, ...]) -> list[tuple[int, 
 
 
 def _scan_one(
-    name: str, data: bytes, matcher: IdentifierMatcher, raw_tokens: tuple[bytes, ...]
+    name: str,
+    data: bytes,
+    matcher: IdentifierMatcher,
+    raw_tokens: tuple[bytes, ...],
+    dataset: Dataset | None = None,
 ) -> list[PhiHit]:
     """The hits of one output: its name, its decoded values, then its raw bytes."""
     found: list[tuple[str, str]] = [("path", text) for _, text in matcher.find(name)]
     raw = data
     if _is_dicom(data):
-        hits, exempt = _dicom_hits(data, matcher)
+        hits, exempt = _dicom_hits(data, matcher, dataset)
         found += hits
         raw = _masked(data, exempt)
     elif _is_tiff(data[:4]):
@@ -179,14 +199,14 @@ def _is_text(data: bytes) -> bool:
 
 
 def _dicom_hits(
-    data: bytes, matcher: IdentifierMatcher
+    data: bytes, matcher: IdentifierMatcher, dataset: Dataset | None = None
 ) -> tuple[list[tuple[str, str]], set[bytes]]:
     """Hits in every decoded element of a Part-10 file, file meta included, and the encoded
-    values that held a token but are exempt (see :mod:`tasks.deid.vocabulary`)."""
+    values that held a token but are exempt (see :mod:`tasks.deid.vocabulary`). ``dataset``
+    is ``data`` already read back (``read_output``)."""
     exempt: set[bytes] = set()
-    try:
-        dataset = pydicom.dcmread(io.BytesIO(data), force=True)
-    except Exception:
+    dataset = dataset if dataset is not None else read_output(data)
+    if dataset is None:
         return [], exempt
     meta = dataset.file_meta
     found = _dataset_hits(meta, "meta.", matcher, exempt) if meta else []

@@ -17,10 +17,21 @@ from tasks.deid.slide import SlideDeidResult
 
 
 def instance_row(
-    batch: str, key: str, result: DicomDeidResult, size: int, sha256: str, policy: DeidPolicy
+    batch: str,
+    key: str,
+    result: DicomDeidResult,
+    size: int,
+    sha256: str,
+    policy: DeidPolicy,
+    output: Dataset | None = None,
 ) -> dict[str, Any]:
-    """One ``instances`` row (tasks.dataset.catalog.INSTANCE_SCHEMA) for a de-identified DICOM file."""
-    ds = pydicom.dcmread(io.BytesIO(result.data), stop_before_pixels=True)
+    """One ``instances`` row (tasks.dataset.catalog.INSTANCE_SCHEMA) for a de-identified DICOM
+    file; ``output`` is ``result.data`` already read back, when the caller has it."""
+    ds = (
+        output
+        if output is not None
+        else pydicom.dcmread(io.BytesIO(result.data), stop_before_pixels=True)
+    )
     spacing = _floats(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"))
     return {
         "batch": batch,

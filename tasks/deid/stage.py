@@ -40,7 +40,7 @@ from tasks.deid.duplicates import (
 from tasks.deid.holds import hold_suspects, quarantine_outcome
 from tasks.deid.ingested import CHANGED_AFTER_INGEST, IngestRecord, ingested_copy, read_ingested
 from tasks.deid.names import batch_name_hits, coded_values, path_identifiers
-from tasks.deid.phiscan import collect_identifiers, scan_for_phi, scan_slide_file
+from tasks.deid.phiscan import collect_identifiers, read_output, scan_for_phi, scan_slide_file
 from tasks.deid.profile import DeidPolicy
 from tasks.deid.pseudonyms import pseudonymize_patient_id
 from tasks.deid.rows import instance_row, slide_row
@@ -331,11 +331,14 @@ def _deidentify_dicom(job: DeidJob, item: WorkItem) -> Outcome:
     research_key = layout.instance_key(
         result.patient_id, result.study_uid, result.series_uid, result.sop_instance_uid
     )
-    codes = coded_values(result.data)
+    # The output is read back from its bytes once, for the scan, its coded values and its row.
+    output = read_output(result.data)
+    codes = coded_values(output if output is not None else result.data)
     identifiers = set(result.identifiers) | path_identifiers(item.path, codes)
-    hits = scan_for_phi([(research_key, result.data)], identifiers)
+    parsed = {research_key: output} if output is not None else None
+    hits = scan_for_phi([(research_key, result.data)], identifiers, parsed)
     size, sha256 = stage_output(job.staging, research_key, result.data)
-    row = instance_row(job.batch, research_key, result, size, sha256, job.policy)
+    row = instance_row(job.batch, research_key, result, size, sha256, job.policy, output)
     return Outcome(
         item=item,
         research_key=research_key,
