@@ -109,14 +109,18 @@ def test_every_bundled_file_is_deidentified_or_refused_for_a_stated_reason(path:
         assert "113101" in {item.CodeValue for item in output.DeidentificationMethodCodeSequence}
 
 
-def test_default_policy_refuses_secondary_captures_without_a_region_rule() -> None:
+def test_without_ocr_secondary_captures_need_a_region_rule() -> None:
     data = (
         (TEST_FILES / "SC_rgb.dcm").read_bytes()
         if (TEST_FILES / "SC_rgb.dcm").exists()
         else (TEST_FILES / "SC_rgb_rle.dcm").read_bytes()
     )
     with pytest.raises(DeidentificationError, match="no scrub rule"):
-        deidentify_dicom(data, KEY, DeidPolicy.default())
+        deidentify_dicom(data, KEY, dataclasses.replace(DeidPolicy.default(), ocr=False))
+    # with OCR (the default) the colour bars read as no text: published, pixels untouched
+    result = deidentify_dicom(data, KEY, DeidPolicy.default())
+    assert not result.scrubbed_pixels
+    assert read(result.data).PixelData == read(data).PixelData
 
 
 def test_untouched_pixels_stay_bit_for_bit_including_compressed() -> None:
@@ -140,7 +144,7 @@ def pixels(dataset: Dataset) -> np.ndarray:
 @pytest.mark.parametrize("name", ["examples_rgb_color.dcm", "examples_ybr_color.dcm"])
 def test_ultrasound_banner_is_blanked_and_the_rest_kept(name: str) -> None:
     data = (TEST_FILES / name).read_bytes()
-    result = deidentify_dicom(data, KEY, DeidPolicy.default())
+    result = deidentify_dicom(data, KEY, dataclasses.replace(DeidPolicy.default(), ocr=False))
     assert result.scrubbed_pixels
     before, after = pixels(read(data)), pixels(read(result.data))
     assert before.shape == after.shape
@@ -163,18 +167,19 @@ def test_burned_in_annotation_yes_without_rule_is_refused_never_passed_through()
     dataset.BurnedInAnnotation = "YES"
     buffer = io.BytesIO()
     dataset.save_as(buffer)
+    no_ocr = dataclasses.replace(DeidPolicy.default(), ocr=False)
     with pytest.raises(DeidentificationError):
-        deidentify_dicom(buffer.getvalue(), KEY, DeidPolicy.default())
+        deidentify_dicom(buffer.getvalue(), KEY, no_ocr)
     ct_rule = dataclasses.replace(
-        DeidPolicy.default(), scrub_rules=(ScrubRule("CT", (Region(0, 0, 10, 128, "pixel"),)),)
+        no_ocr, scrub_rules=(ScrubRule("CT", (Region(0, 0, 10, 128, "pixel"),)),)
     )
     result = deidentify_dicom(buffer.getvalue(), KEY, ct_rule)
     assert result.scrubbed_pixels
     assert not read(result.data).pixel_array[:10].any()
 
 
-def test_ultrasound_without_any_rule_is_refused() -> None:
-    no_rules = dataclasses.replace(DeidPolicy.default(), scrub_rules=())
+def test_ultrasound_without_any_rule_is_refused_when_ocr_is_off() -> None:
+    no_rules = dataclasses.replace(DeidPolicy.default(), scrub_rules=(), ocr=False)
     with pytest.raises(DeidentificationError):
         deidentify_dicom((TEST_FILES / "examples_rgb_color.dcm").read_bytes(), KEY, no_rules)
 
