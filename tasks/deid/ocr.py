@@ -49,6 +49,7 @@ RECOGNITION_MODEL = "ch_PP-OCRv4_rec_infer.onnx"
 # with at least READ_MIN_SCORE confidence.
 READ_MIN_CHARACTERS = 2
 READ_MIN_SCORE = 0.5
+ALONG_LINE = 0.5
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,21 @@ def find_text(frame: np.ndarray) -> list[TextBox]:
     if frame.shape[0] < 4 or frame.shape[1] < 4:
         return []
     boxes: list[TextBox] = []
+    rows, columns = frame.shape[:2]
     for view in views:
-        boxes.extend(box for box in _detect_scaled(view) if _reads_as_text(view, box))
+        boxes.extend(
+            _along_line(box, rows, columns)
+            for box in _detect_scaled(view)
+            if _reads_as_text(view, box)
+        )
     return _merge(boxes)
+
+
+def _along_line(box: TextBox, rows: int, columns: int) -> TextBox:
+    """The box grown along its line by ALONG_LINE of its height on each side: over clutter the
+    detector often boxes only part of a line, and the rest of the line is where the text goes on."""
+    grow = int(np.ceil(ALONG_LINE * (box.y1 - box.y0)))
+    return TextBox(max(0, box.x0 - grow), box.y0, min(columns, box.x1 + grow), box.y1, box.score)
 
 
 def blank_boxes(
@@ -167,14 +180,12 @@ def _rgb_to_bgr8(frame: np.ndarray) -> np.ndarray:
 
 
 def _grey_windows(frame: np.ndarray) -> Iterator[np.ndarray]:
-    """8-bit views of a grey frame: itself when 8-bit; its full range and its equalised
-    histogram when deeper."""
-    if frame.dtype == np.uint8:
-        yield frame
-        return
+    """8-bit views of a grey frame: its full range stretched (a narrow 8-bit range too) and,
+    when deeper than 8 bits, its equalised histogram."""
     values = frame.astype(np.float32)
     yield _window(values, float(values.min()), float(values.max()))
-    yield _equalised(frame)
+    if frame.dtype != np.uint8:
+        yield _equalised(frame)
 
 
 def _equalised(frame: np.ndarray) -> np.ndarray:
