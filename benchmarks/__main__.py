@@ -9,6 +9,7 @@ from pathlib import Path
 BENCHMARKS = (
     "bench_deid",
     "bench_deid_command",
+    "bench_ocr",
     "bench_convert",
     "bench_convert_dicom",
     "bench_convert_vendors",
