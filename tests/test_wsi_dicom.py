@@ -10,12 +10,14 @@ does not: TILED_SPARSE, JPEG 2000, JPEG-LS, uncompressed and YBR JPEG frames, a 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
+import tifffile
 import zarr
 from wsidicom import WsiDicom
 
@@ -31,8 +33,14 @@ from tasks.ingest import (
     read_wsi_instance,
 )
 from tasks.sample import generate_sample_data
-from tasks.wsi import ConvertOptions, catalog_pyramids, convert_pending_slides, convert_slide
-from tests.slides import dicom_wsi_pixels, write_dicom_wsi
+from tasks.wsi import (
+    ConvertOptions,
+    catalog_pyramids,
+    convert_pending_slides,
+    convert_slide,
+    write_dicom_slide,
+)
+from tests.slides import dicom_wsi_pixels, write_dicom_wsi, write_slide
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL_SVS = FIXTURES / "cmu_small_region.svs"
@@ -390,3 +398,39 @@ def test_a_series_on_s3_converts_by_range_reads(s3_store: Store, tmp_path: Path)
     assert np.array_equal(np.asarray(pyramid[:]), local["0"])
     again = convert_slide(s3_store, "series", s3_store, "p.ome.zarr", OPTIONS)
     assert again.skipped and again.source_sha256 == result.source_sha256
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.parametrize("source", ["real", "generated-svs", "generated-ycbcr"])
+def test_dicom_out_is_valid_and_reads_back_as_the_slide(tmp_path: Path, source: str) -> None:
+    if source == "real":
+        _real_fixtures()
+        slide = REAL_SVS
+    else:
+        slide = tmp_path / "slide.tiff"
+        kind = "svs" if source == "generated-svs" else "tiff"
+        write_slide(slide, 1000, 1300, kind=kind, codec="jpeg", tile=256)  # type: ignore[arg-type]
+    result = write_dicom_slide(
+        open_store(slide.parent), slide.name, open_store(tmp_path / "dcm"), "", patient_id="P1"
+    )
+    instances = [tmp_path / "dcm" / key for key in result.keys]
+    assert len(instances) == (1 if source == "real" else 3)
+    for path in instances:
+        assert _dciodvfy_errors(path) == [], path
+    truth = tifffile.TiffFile(slide).series[0].levels[0].asarray()
+    with WsiDicom.open(tmp_path / "dcm") as wsi:
+        assert len(wsi.levels) == len(instances)
+        height, width = truth.shape[:2]
+        theirs = np.asarray(wsi.read_region((0, 0), 0, (width, height)).convert("RGB"))
+    assert np.array_equal(theirs, truth)  # the tiles as scanned, decoded as the TIFF's
+    options = ConvertOptions(workers=2)
+    from_dicom = _convert(tmp_path, "dcm", tmp_path / "a", options)
+    from_tiff = _convert(slide.parent, slide.name, tmp_path / "b", options)
+    assert np.array_equal(from_dicom["0"], from_tiff["0"])
+    assert pydicom.dcmread(instances[0], stop_before_pixels=True).PatientID == "P1"
+    again = write_dicom_slide(open_store(slide.parent), slide.name, open_store(tmp_path / "d2"), "")
+    assert again.series_uid == result.series_uid  # named by the slide's content

@@ -76,5 +76,33 @@ def convert(
     )
 
 
+def export_dicom(
+    ctx: typer.Context,
+    slide: Annotated[
+        str, typer.Argument(help="De-identified slide file or URL (TIFF with JPEG tiles).")
+    ],
+    output: Annotated[str, typer.Argument(help="Folder or URL for the series' instances.")],
+    patient_id: Annotated[
+        str, typer.Option(help="Pseudonymous Patient ID to carry (the research catalog's).")
+    ] = "",
+) -> None:
+    """Write SLIDE as a DICOM whole-slide series (VL Whole Slide Microscopy) in OUTPUT.
+
+    One instance per JPEG-tiled level, its tiles copied as the frames (not decoded), for a
+    DICOMweb viewer or archive. The series carries the slide's pixel size and UIDs derived
+    from its content, and no identifier but --patient-id: give it a de-identified slide.
+    """
+    from storage import open_object, open_store
+    from tasks.wsi import write_dicom_slide
+
+    settings = settings_of(ctx)
+    source, source_key = open_object(slide, settings.s3_config())
+    target = open_store(output, settings.s3_config())
+    result = write_dicom_slide(source, source_key, target, "", patient_id=patient_id)
+    levels = ", ".join(f"{w} x {h}" for h, w in result.levels)
+    out.print(f"{output}: series {result.series_uid}, {len(result.keys)} instances ({levels})")
+
+
 def register(app: typer.Typer) -> None:
     app.command("convert")(convert)
+    app.command("export-dicom")(export_dicom)

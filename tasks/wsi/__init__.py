@@ -12,13 +12,16 @@ from tasks.wsi.convert import (
     convert_pending_slides,
     convert_slide,
 )
+from tasks.wsi.dicom_out import DicomSlideOut, write_dicom_slide
 from tasks.wsi.record import CompletionRecord
 
 __all__ = [
     "CompletionRecord",
     "ConversionResult",
     "ConvertOptions",
+    "DicomSlideOut",
     "catalog_pyramids",
     "convert_pending_slides",
     "convert_slide",
+    "write_dicom_slide",
 ]
