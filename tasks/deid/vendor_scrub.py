@@ -41,7 +41,12 @@ from tasks.slide_vendors import (
 NDPI_FILE_FORMAT, NDPI_MCU_STARTS = 65420, 65426
 NDPI_IDENTIFYING = (65427, 65442, 65449)  # SlideLabel, ScannerSerialNumber, Comments
 SCN_NAMESPACE = "http://www.leica-microsystems.com/scn/2010/10/01"
-_SAFE_SOFTWARE = re.compile(r"[A-Za-z][A-Za-z -]*(?: v?[0-9][0-9.]*)?")
+# The Software values vendors are recognised by (tifffile's is_bif, is_philips, is_qpi), with a
+# version at most; anything else in the tag is dropped.
+_SAFE_SOFTWARE = re.compile(
+    r"(?:ScanOutputManager|Ventana[A-Za-z ]*|Philips DP|PerkinElmer-QPI)(?: v?[0-9][0-9.]*)?"
+)
+_SAFE_MODEL = re.compile(r"[A-Z][A-Z-]*[0-9][A-Z0-9-]{0,15}")  # a model number: C13220, C9600-12
 _BIF_LEVEL = re.compile(r"level=(\d+) mag=([0-9.]+) quality=(\d+)")
 _ISO_DATE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
 _QPI_KEPT = ("DescriptionVersion", "AcquisitionSoftware", "ImageType", "Name", "Color", "Objective")
@@ -77,7 +82,7 @@ def ndpi_tags(page: tifffile.TiffPage) -> list[ExtraTag]:
     """The NDPI tags a de-identified level keeps: its layout (McuStarts) and optics."""
     tags: list[ExtraTag] = [(271, "s", 0, "Hamamatsu", True), (NDPI_FILE_FORMAT, "I", 1, 1, True)]
     model = page.tags.valueof(272)
-    if isinstance(model, str) and _SAFE_SOFTWARE.fullmatch(model.strip()):
+    if isinstance(model, str) and _SAFE_MODEL.fullmatch(model.strip()):
         tags.append((272, "s", 0, model.strip(), True))
     magnification = page.tags.valueof(NDPI_MAGNIFICATION)
     if magnification is not None:
