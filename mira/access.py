@@ -42,8 +42,8 @@ ROLE_SUMMARY: Mapping[Role, str] = {
     "research store. The only role that reads the gateway (PHI) or writes research data.",
     Role.CURATOR: "reads the whole research store; writes only review decisions "
     f"({layout.CATALOG}/review/), splits ({layout.CATALOG}/splits/), snapshots "
-    f"({layout.SNAPSHOTS}/) and audit records ({AUDIT_PREFIX}/), and may lock them; deletes "
-    "nothing; no gateway access.",
+    f"({layout.SNAPSHOTS}/) and audit records ({AUDIT_PREFIX}/); locks any research object "
+    "(a lock only grows); deletes nothing; no gateway access.",
     Role.READER: "lists and reads its cohorts' prefixes and snapshots, and appends to the "
     f"audit log ({AUDIT_PREFIX}/); writes and deletes nothing else; no gateway access.",
     Role.ADMIN: "every S3 action on the research store; on the gateway only the bucket's "
@@ -237,11 +237,13 @@ def role_permissions(
         yield Permission(stores.gateway, "", everything)
         yield Permission(stores.research, "", everything | {"lock"})
     elif principal.role is Role.CURATOR:
-        yield Permission(stores.research, "", READ)
+        # lock on everything: a snapshot locks every object version it lists; the server lets
+        # a lock grow only, and the curator has no bypass of GOVERNANCE
+        yield Permission(stores.research, "", READ | {"lock"})
         yield audit_permission(stores)
         for prefix in (f"{layout.CATALOG}/review/", f"{layout.CATALOG}/splits/"):
             yield Permission(stores.research, prefix, frozenset({"write"}))
-        yield Permission(stores.research, f"{layout.SNAPSHOTS}/", frozenset({"write", "lock"}))
+        yield Permission(stores.research, f"{layout.SNAPSHOTS}/", frozenset({"write"}))
     else:
         yield audit_permission(stores)
         for cohort_name in principal.cohorts:

@@ -180,6 +180,8 @@ def test_policy_is_validated_with_clear_messages(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="relative"):
         load_policy(path)
     assert set(policy_schema()["properties"]) == {"version", "cohorts", "principals"}
+    listed = runner.invoke(app, ["access", "roles"])
+    assert all(role.value in listed.output for role in Role)
     assert "cohorts" in json.loads(runner.invoke(app, ["access", "schema"]).output)["properties"]
 
 
@@ -340,6 +342,10 @@ def test_curator_writes_reviews_and_snapshots_only(applied: Applied) -> None:
     curator.put_object(Bucket=RESEARCH_BUCKET, Key="lab/catalog/review/d1.parquet", Body=b"r")
     curator.put_object(Bucket=RESEARCH_BUCKET, Key="lab/catalog/splits/s.parquet", Body=b"s")
     assert curator.get_object(Bucket=RESEARCH_BUCKET, Key=OBJECT_B)["Body"].read()
+    # a snapshot locks the data objects it lists: the curator may lock (never unlock) them
+    until = datetime.now(UTC) + timedelta(days=1)
+    lock = {"Mode": "GOVERNANCE", "RetainUntilDate": until}
+    curator.put_object_retention(Bucket=RESEARCH_BUCKET, Key=OBJECT_B, Retention=lock)
     for key in ("lab/dicom/PA/new.dcm", "lab/catalog/instances/p2.parquet"):
         code = _error_code(curator.put_object, Bucket=RESEARCH_BUCKET, Key=key, Body=b"x")
         assert code == "AccessDenied", key

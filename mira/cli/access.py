@@ -64,6 +64,19 @@ def schema() -> None:
     typer.echo(json.dumps(policy_schema(), indent=1))
 
 
+@access_app.command("roles")
+def roles() -> None:
+    """What each role may do (fixed by mira; the policy file binds principals to roles)."""
+    from mira.access import ROLE_SUMMARY
+
+    view = Table(title="roles")
+    view.add_column("role")
+    view.add_column("may", overflow="fold")
+    for role, summary in ROLE_SUMMARY.items():
+        view.add_row(role.value, summary)
+    out.print(view)
+
+
 @access_app.command("apply")
 def apply(
     ctx: typer.Context,
