@@ -25,6 +25,7 @@ from flows.retry import RETRY_POLICY
 from flows.snapshot import SnapshotParams, snapshot
 from flows.split import SplitParams, split
 from flows.summaries import PipelineSummary
+from mira.audit import audited_flow
 from mira.errors import MiraError
 from mira.settings import Settings
 from tasks.dataset import batch_split_sizes
@@ -59,6 +60,7 @@ class PipelineOptions(BaseModel):
     on_failure=[notify_on_failure],
     on_crashed=[notify_on_failure],
 )
+@audited_flow("flow pipeline")
 def pipeline(
     batch: str, stores: StoreParams | None = None, options: PipelineOptions | None = None
 ) -> PipelineSummary:

@@ -13,6 +13,7 @@ from flows.params import StoreParams
 from flows.reporting import publish_summary, run_name
 from flows.retry import RETRY_POLICY
 from flows.summaries import QualityRunSummary
+from mira.audit import audited_flow
 from mira.settings import Settings
 from tasks.quality import (
     DocsSite,
@@ -74,6 +75,7 @@ def data_docs_task(settings: Settings) -> DocsSite:
 
 
 @flow(name="quality", flow_run_name=run_name("quality"), log_prints=False)
+@audited_flow("flow quality")
 def quality(
     batch: str | None = None,
     stores: StoreParams | None = None,

@@ -13,6 +13,7 @@ from flows.params import StoreParams
 from flows.reporting import publish_summary
 from flows.retry import RETRY_POLICY
 from flows.summaries import SnapshotSummary
+from mira.audit import audited_flow
 from mira.errors import IntegrityError, ObjectNotFound
 from mira.settings import Settings
 from tasks.dataset import (
@@ -91,6 +92,7 @@ def _run_name() -> str:
 
 
 @flow(name="snapshot", flow_run_name=_run_name, log_prints=False)
+@audited_flow("flow snapshot")
 def snapshot(params: SnapshotParams, stores: StoreParams | None = None) -> SnapshotSummary:
     """Create snapshot ``params.name`` of the research store's dataset (and verify it)."""
     settings = (stores or StoreParams()).settings()

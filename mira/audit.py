@@ -20,8 +20,10 @@ store's keys); ``docs/security.md`` says how to turn on the server's own access 
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -34,7 +36,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from mira.errors import AlreadyExists, InvalidInput, MiraError, StoreError
 from storage import Retention, Store
@@ -45,6 +47,8 @@ if TYPE_CHECKING:
 
     from mira.settings import Settings
 
+P = ParamSpec("P")
+R = TypeVar("R")
 AUDIT_PREFIX = "audit"
 GENESIS = "0" * 64  # the prev_sha256 of the first object
 KEY_PATTERN = re.compile(rf"^{AUDIT_PREFIX}/(\d{{12}})\.jsonl$")
@@ -199,7 +203,9 @@ def audited(
     scope = AuditScope(operation, kind, lambda: _roots(settings), name)
     token = _scope.set(scope)
     try:
-        with observing(scope, process_wide=kind == "command"):
+        # A command, and a flow run on a worker, is the only one running in its process:
+        # threads that do not carry this context (a plain thread pool) report to it too.
+        with observing(scope, process_wide=True):
             yield scope
     except BaseException as err:
         if getattr(err, "exit_code", None) in (0, None) and type(err).__name__ == "Exit":
@@ -211,6 +217,32 @@ def audited(
         _finish(settings, scope, "ok", None)
     finally:
         _scope.reset(token)
+
+
+def audited_flow(operation: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a flow function (under ``@flow``) so that each run of it is one audit record,
+    written to the research store of its ``stores`` parameter (else the worker's settings).
+    Run inside a command (``mira run``), the flow is one of the command's stages instead."""
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            from mira.settings import load_settings
+
+            stores = signature.bind_partial(*args, **kwargs).arguments.get("stores")
+            settings = stores.settings() if stores is not None else load_settings()
+            with audited(settings, operation, kind="flow"):
+                return function(*args, **kwargs)
+
+        # Prefect builds the run's parameter model from the signature: with the annotations
+        # evaluated here, in the flow's module, not looked up in this one.
+        with contextlib.suppress(NameError):
+            run.__signature__ = inspect.signature(function, eval_str=True)  # type: ignore[attr-defined]
+        return run
+
+    return decorate
 
 
 def _finish(settings: Settings, scope: AuditScope, outcome: str, error: str | None) -> None:

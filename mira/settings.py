@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("MIRA_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
     )
+    s3_secret_access_key_file: Path | None = Field(
+        None, description="File holding the S3 secret access key (when not in the environment)."
+    )
     s3_region: str | None = Field(
         None, validation_alias=AliasChoices("MIRA_S3_REGION", "AWS_DEFAULT_REGION", "AWS_REGION")
     )
@@ -111,6 +114,13 @@ class Settings(BaseSettings):
     def s3_config(self) -> S3Config:
         """The S3 connection details the storage layer needs."""
         secret = self.s3_secret_access_key.get_secret_value() if self.s3_secret_access_key else None
+        if secret is None and self.s3_secret_access_key_file is not None:
+            setting = "MIRA_S3_SECRET_ACCESS_KEY_FILE"
+            raw = _read_secret_file(self.s3_secret_access_key_file, setting)
+            try:
+                secret = raw.decode()
+            except UnicodeDecodeError:
+                raise ConfigError(f"{setting} {self.s3_secret_access_key_file}: not text") from None
         return S3Config(
             endpoint_url=self.s3_endpoint_url or None,
             access_key_id=self.s3_access_key_id,
@@ -140,12 +150,7 @@ class Settings(BaseSettings):
         if self.deid_secret is not None:
             key = self.deid_secret.get_secret_value().encode()
         elif self.deid_secret_file is not None:
-            try:
-                key = self.deid_secret_file.read_bytes().strip()
-            except OSError as err:
-                raise ConfigError(
-                    f"cannot read MIRA_DEID_SECRET_FILE {self.deid_secret_file}: {err}"
-                ) from err
+            key = _read_secret_file(self.deid_secret_file, "MIRA_DEID_SECRET_FILE")
         else:
             raise ConfigError(
                 "no de-identification secret: set MIRA_DEID_SECRET or MIRA_DEID_SECRET_FILE"
@@ -159,6 +164,15 @@ class Settings(BaseSettings):
     def webhooks(self) -> list[str]:
         """The configured webhook URLs, in order."""
         return [url.strip() for url in self.webhook_urls.split(",") if url.strip()]
+
+
+def _read_secret_file(path: Path, setting: str) -> bytes:
+    """A secret kept in a file (a mounted Kubernetes or Docker secret), surrounding whitespace
+    stripped. The error names the file and why it failed, never the content."""
+    try:
+        return path.read_bytes().strip()
+    except OSError as err:
+        raise ConfigError(f"cannot read {setting} {path}: {err.strerror}") from None
 
 
 def load_settings(**flags: Any) -> Settings:

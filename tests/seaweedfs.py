@@ -92,6 +92,8 @@ class SeaweedServer:
         tls: TlsFiles | None = None,
         encrypt_volumes: bool = False,
         iam_writable: bool = False,
+        access_key: str = ACCESS_KEY,
+        secret_key: str = SECRET_KEY,
     ) -> None:
         self.data_dir = data_dir
         self.startup_timeout = startup_timeout
@@ -105,8 +107,8 @@ class SeaweedServer:
         )
         self.config = S3Config(
             endpoint_url=endpoint,
-            access_key_id=ACCESS_KEY,
-            secret_access_key=SECRET_KEY,
+            access_key_id=access_key,
+            secret_access_key=secret_key,
             region="us-east-1",
             ca_bundle=str(tls.ca) if tls else None,
         )
@@ -152,7 +154,11 @@ class SeaweedServer:
 
     def start(self) -> SeaweedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
+        env = dict(
+            os.environ,
+            AWS_ACCESS_KEY_ID=str(self.config.access_key_id),
+            AWS_SECRET_ACCESS_KEY=str(self.config.secret_access_key),
+        )
         log = (self.data_dir / "weed.log").open("wb")
         self._process = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,10 @@ from mira.cli.root import app, register_commands
 from mira.errors import InvalidInput, ObjectLocked
 from storage import Store, open_store
 from tasks.sample.generate import generate_sample_data
+from tests.prefect_server import PrefectTestServer
 from tests.seaweedfs import SeaweedServer
+
+pytest_plugins = ["tests.prefect_fixtures"]
 
 register_commands()
 SECRET = "audit-test-secret-0123456789abcdef"
@@ -242,3 +246,35 @@ def test_audit_off_writes_nothing(
     monkeypatch.setenv("MIRA_AUDIT", "false")
     mira("ls", code=1)
     assert not (stores[1] / AUDIT_PREFIX).exists()
+
+
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_a_pipeline_run_by_the_worker_is_one_record(
+    prefect_server: PrefectTestServer, prefect_api: str, tmp_path: Path
+) -> None:
+    """A deployment's run on the Prefect worker, no command around it: one record of kind
+    flow, written to the research store its parameters name."""
+    from prefect import get_client
+
+    gateway, research = tmp_path / "gateway", tmp_path / "research"
+    generate_sample_data(gateway / "dropzone", patients=1, slides=0)
+    stores = {"gateway_url": str(gateway), "research_url": str(research)}
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("pipeline/pipeline")
+        run = client.create_flow_run_from_deployment(
+            deployment.id, parameters={"batch": "batch-0001-radiology", "stores": stores}
+        )
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            state = client.read_flow_run(run.id).state
+            if state is not None and state.is_final():
+                break
+            time.sleep(2)
+    assert state is not None and state.is_completed(), (state, prefect_server.log_tail())
+    found = records(open_store(research))
+    assert [(r["operation"], r["kind"], r["outcome"]) for r in found] == [
+        ("flow pipeline", "flow", "ok")
+    ]
+    assert int(str(found[0]["objects_read"])) > 0 and int(str(found[0]["objects_written"])) > 0
+    assert verify_log(open_store(research)).intact
