@@ -19,10 +19,13 @@ import pydicom
 import pytest
 import tifffile
 import zarr
+from typer.testing import CliRunner
 from wsidicom import WsiDicom
 
+from mira.cli.root import app, register_commands
 from mira.errors import InvalidInput
 from storage import Store, open_store
+from tasks.dataset import catalog
 from tasks.deid import DeidPolicy, deidentify_batch, deidentify_folder
 from tasks.ingest import (
     WSI_SOP_CLASS,
@@ -41,6 +44,8 @@ from tasks.wsi import (
     write_dicom_slide,
 )
 from tests.slides import dicom_wsi_pixels, write_dicom_wsi, write_slide
+
+pytest_plugins = ["tests.prefect_fixtures"]
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL_SVS = FIXTURES / "cmu_small_region.svs"
@@ -434,3 +439,30 @@ def test_dicom_out_is_valid_and_reads_back_as_the_slide(tmp_path: Path, source: 
     assert pydicom.dcmread(instances[0], stop_before_pixels=True).PatientID == "P1"
     again = write_dicom_slide(open_store(slide.parent), slide.name, open_store(tmp_path / "d2"), "")
     assert again.series_uid == result.series_uid  # named by the slide's content
+
+
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_mira_run_takes_the_sample_dicom_slide_through_every_stage(
+    tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``make demo`` does with its DICOM slide: ``mira run`` ingests the series as one
+    slide, de-identifies it (labels dropped), converts it and snapshots the batch."""
+    register_commands()
+    gateway, research = tmp_path / "gateway", tmp_path / "research"
+    generate_sample_data(
+        gateway / "dropzone", patients=1, slides=0, slide_size=1024, dicom_slides=1
+    )
+    monkeypatch.setenv("MIRA_DEID_SECRET", "dicom-wsi-pipeline-test-secret-0123456789")
+    for name in ("MIRA_GATEWAY_URL", "MIRA_RESEARCH_URL"):
+        monkeypatch.delenv(name, raising=False)
+    flags = ["--gateway", str(gateway), "--research", str(research)]
+    result = CliRunner().invoke(app, [*flags, "run", "batch-0002-pathology"])
+    assert result.exit_code == 0, result.output
+    store = open_store(research)
+    (pyramid,) = [o.key for o in store.list("pyramids") if o.key.endswith(".ome.zarr/zarr.json")]
+    record = store.read_json(pyramid)["attributes"]["mira"]
+    assert record["slide"]["format"] == "dicom-wsi" and record["source_key"].startswith("dicom/")
+    rows = catalog.read_table(store, "pyramids").to_pylist()
+    assert [row["slide_key"] for row in rows] == [record["source_key"]]
+    assert store.exists("snapshots/after-batch-0002-pathology/manifest.parquet")
