@@ -5,8 +5,9 @@ structure (so tifffile flags them as that vendor) and identifiers planted where 
   McuStarts, tags 65420+, a macro with Magnification -1).
 - SCN (Leica): BigTIFF, the first page's description the SCN XML (collection, macro image covering
   the collection, main image with levels by IFD), barcode and creation dates in the XML.
-- BIF (Ventana): ``Label_Image`` and ``Thumbnail`` pages, levels described ``level=N mag=M
-  quality=Q``, XMP ``iScan`` (ScanRes, Magnification, barcode, dates, unit number).
+- BIF (Ventana): ``Label_Image`` (first, with the XMP ``iScan``: ScanRes, Magnification,
+  barcode, dates, unit number) and ``Thumbnail`` pages, levels described ``level=N mag=M
+  quality=Q``, level 0's XMP ``EncodeInfo`` (scan area, tile joints numbered from the bottom).
 - Philips TIFF: software ``Philips DP v1.0``, DICOM-in-XML description with one
   ``DICOM_PIXEL_SPACING`` per level, ``Macro`` and ``Label`` pages, dates and barcode in the XML.
 - MRXS (3DHISTECH MIRAX): generated, see ``write_mrxs_slide`` (no package ships one).
@@ -127,24 +128,48 @@ def bif_xmp_iscan() -> str:
     )
 
 
-def bif_xmp(level0: bool) -> bytes:
-    """The XMP packet: ``iScan`` in a ``Metadata`` root, with ``EncodeInfo`` on level 0."""
-    encode = bif_xmp_encode() if level0 else ""
-    return f'<?xml version="1.0" encoding="utf-8"?><Metadata>{bif_xmp_iscan()}{encode}</Metadata>'.encode()
+def bif_xmp_initial() -> bytes:
+    """The first page's XMP: the ``iScan`` element (scan settings, barcode, dates, user)."""
+    return f'<?xml version="1.0" encoding="utf-8"?><Metadata>{bif_xmp_iscan()}</Metadata>'.encode()
 
 
-def bif_xmp_encode() -> str:
-    return (
-        '<EncodeInfo Ver="2"><SlideInfo><AoiInfo XIMAGESIZE="256" YIMAGESIZE="256" NumRows="2" '
-        'NumCols="3" Pos-X="0" Pos-Y="0"/><TileJointInfo FlagJoined="1" Direction="RIGHT" '
-        'Tile1="1" Tile2="2" OverlapX="0" OverlapY="0"/></SlideInfo>'
-        f'<ImageInfo Source="{PATH}"/></EncodeInfo>'
+def bif_tile_number(col: int, row: int, across: int, down: int) -> int:
+    """A tile's number in ``TileJointInfo``: 1-based, rows counted from the bottom, every
+    second row (from the bottom) numbered right to left."""
+    from_bottom = down - 1 - row
+    column = col if from_bottom % 2 == 0 else across - 1 - col
+    return from_bottom * across + column + 1
+
+
+def bif_xmp_encode(height: int, width: int) -> bytes:
+    """Level 0's XMP: ``EncodeInfo`` with one scanned area, tiles joined without overlap."""
+    across, down = -(-width // TILE), -(-height // TILE)
+    joints = []
+    for row in range(down):
+        for col in range(across):
+            number = bif_tile_number(col, row, across, down)
+            if col + 1 < across:
+                joints.append(("RIGHT", number, bif_tile_number(col + 1, row, across, down)))
+            if row > 0:  # UP: from this tile to the one above it
+                joints.append(("UP", number, bif_tile_number(col, row - 1, across, down)))
+    joint_xml = "".join(
+        f'<TileJointInfo FlagJoined="1" Confidence="95" Direction="{d}" Tile1="{a}" '
+        f'Tile2="{b}" OverlapX="0" OverlapY="0"/>'
+        for d, a, b in joints
     )
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><EncodeInfo Ver="2"><SlideStitchInfo>'
+        f'<ImageInfo AOIScanned="1" Width="{TILE}" Height="{TILE}" NumRows="{down}" '
+        f'NumCols="{across}" Pos-X="0" Pos-Y="0">{joint_xml}</ImageInfo></SlideStitchInfo>'
+        '<AoiOrigin><AOI0 OriginX="0" OriginY="0"/></AoiOrigin></EncodeInfo>'
+    ).encode()
 
 
 def write_bif_slide(path: Path, size: Size = (HEIGHT, WIDTH)) -> Path:
+    """Label first (with the iScan XMP, where readers look for it), thumbnail, then the levels;
+    level 0 carries the EncodeInfo XMP (scan area and tile joints)."""
     software = "ScanOutputManager 1.1.0.15854"
-    iscan: Any = [(700, "B", 0, bif_xmp(False), True)]
+    iscan: Any = [(700, "B", 0, bif_xmp_initial(), True)]
     with tifffile.TiffWriter(path, bigtiff=True) as writer:
         writer.write(
             glass(96, 288), description="Label_Image", software=software, metadata=None,
@@ -155,7 +180,7 @@ def write_bif_slide(path: Path, size: Size = (HEIGHT, WIDTH)) -> Path:
             photometric="rgb",
         )  # fmt: skip
         for r, level in enumerate(pyramid(*size)):
-            tags: Any = [(700, "B", 0, bif_xmp(True), True)] if r == 0 else []
+            tags: Any = [(700, "B", 0, bif_xmp_encode(*size), True)] if r == 0 else []
             writer.write(
                 level, description=f"level={r} mag={20 // 4**r} quality=95", software=software,
                 metadata=None, extratags=tags, subfiletype=1 if r else 0, **_tiled(),
