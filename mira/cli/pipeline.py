@@ -203,6 +203,8 @@ Try:""",
     )
     for hint in DEMO_HINTS:
         out.print(f"  {mira} --research {research.url} {hint}", soft_wrap=True, highlight=False)
+    held = f"  {mira} --gateway {gateway.url} quarantine list"  # files held back, PHI side
+    out.print(held, soft_wrap=True, highlight=False)
 
 
 def _ensure_demo_secret(gateway: Path) -> None:
