@@ -47,7 +47,8 @@ def protection(store: Store) -> Protection:
     rule = config.get("Rule", {}).get("DefaultRetention")
     default = None
     if rule:
-        span = f"{rule['Days']} days" if "Days" in rule else f"{rule.get('Years')} years"
+        count, unit = (rule["Days"], "day") if "Days" in rule else (rule.get("Years"), "year")
+        span = f"{count} {unit}" + ("" if count == 1 else "s")
         default = f"{rule.get('Mode')} {span}"
     return Protection(
         store.url, False, versioning, config.get("ObjectLockEnabled") == "Enabled", default

@@ -182,3 +182,26 @@ def test_doctor_compares_the_policy_with_the_server(
     )
     code, lines = _doctor(env, "--policy", str(policy))
     assert lines[("policies applied", "access")]["status"] == "pass" and code == 0
+
+
+@pytest.mark.s3
+def test_doctor_passes_object_lock_with_a_default_retention(s3_server: SeaweedServer) -> None:
+    bucket = f"doctor-retained-{uuid.uuid4().hex[:6]}"
+    s3_server.create_bucket(bucket, object_lock=True)
+    s3_server._s3_call(
+        "put_object_lock_configuration",
+        Bucket=bucket,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}},
+        },
+    )
+    env = _s3_env(s3_server, f"s3://{PLAIN_BUCKET}/doctor-r", f"s3://{bucket}/lab")
+    code, lines = _doctor(env)
+    assert lines[("Object Lock", "research")] == {
+        "check": "Object Lock",
+        "target": f"research s3://{bucket}/lab",
+        "status": "pass",
+        "detail": "enabled, default retention GOVERNANCE 1 day",
+    }
+    assert code == 0, lines
