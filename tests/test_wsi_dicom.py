@@ -360,6 +360,9 @@ def test_sample_data_emits_a_dicom_slide_that_goes_through_as_one(tmp_path: Path
         scanner["case_number"],
         scanner["scanscope_id"],
     ]
+    for path in (tmp_path / "gw" / "dropzone" / batch).rglob("*.dcm"):  # the scanner's UIDs
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        names += [header.StudyInstanceUID, header.SeriesInstanceUID, header.SOPInstanceUID]
     for path in (tmp_path / "research").rglob("*"):
         if path.is_file():
             data = path.read_bytes()
