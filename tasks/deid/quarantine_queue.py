@@ -23,10 +23,11 @@ from mira.errors import AlreadyExists, InvalidInput
 from storage import Store, join_key
 from tasks import layout
 from tasks.deid.ingested import CHANGED_AFTER_INGEST
-from tasks.deid.release import publish_held, restage
 from tasks.deid.suspects import PHI_SUSPECT
+from tasks.parallel import parallel_map
 
 DECISION_INFIX = ".decision-"
+READ_THREADS = 8
 Action = Literal["released", "dropped"]
 
 # Reasons whose file is put back through the pipeline: copied into a new drop-zone batch.
@@ -128,9 +129,12 @@ class QuarantineQueue:
                 reasons[info.key.removesuffix(layout.REASON_SUFFIX)] = info.key
             elif DECISION_INFIX in info.key and info.key.endswith(".json"):
                 decisions.setdefault(info.key.rpartition(DECISION_INFIX)[0], []).append(info.key)
-        return [
-            self._item(key, reasons[key], sorted(decisions.get(key, ()))) for key in sorted(reasons)
-        ]
+        # One GET per record: on S3 they wait on the network, so a few run at once.
+        return parallel_map(
+            lambda key: self._item(key, reasons[key], sorted(decisions.get(key, ()))),
+            sorted(reasons),
+            READ_THREADS,
+        )
 
     def item(self, item_id: str) -> HeldItem:
         """One item; ``InvalidInput`` naming the id when the queue has no such item."""
