@@ -469,3 +469,20 @@ def test_mira_run_takes_the_sample_dicom_slide_through_every_stage(
     rows = catalog.read_table(store, "pyramids").to_pylist()
     assert [row["slide_key"] for row in rows] == [record["source_key"]]
     assert store.exists("snapshots/after-batch-0002-pathology/manifest.parquet")
+
+
+def test_an_instance_that_does_not_name_its_organization_is_read_by_its_frames(
+    tmp_path: Path,
+) -> None:
+    for sparse in (False, True):
+        folder = tmp_path / ("sparse" if sparse else "full")
+        write_dicom_wsi(folder, HEIGHT, WIDTH, tile=TILE, codec="none", sparse=sparse)
+        for path in folder.glob("*.dcm"):  # as early scanners wrote them
+            dataset = pydicom.dcmread(path)
+            del dataset.DimensionOrganizationType
+            dataset.save_as(path)
+        assert {record.organization for record in _records(folder)} == (
+            {"TILED_SPARSE", "TILED_FULL"} if sparse else {"TILED_FULL"}
+        )
+        pyramid = _convert(tmp_path, folder.name, tmp_path / f"out-{folder.name}")
+        assert np.array_equal(_level0(pyramid), dicom_wsi_pixels(HEIGHT, WIDTH, TILE))

@@ -174,7 +174,7 @@ def wsi_instance_from_header(ds: Dataset) -> WsiInstance:
     flavour = image_type[2] if len(image_type) > 2 else ""
     if flavour not in FLAVOURS:
         raise RejectedObject("unsupported-type", f"whole-slide image of type {flavour or '?'}")
-    organization = str(ds.get("DimensionOrganizationType", "") or "TILED_SPARSE").upper()
+    organization = _organization(ds)
     if organization not in ("TILED_FULL", "TILED_SPARSE"):
         raise RejectedObject("unsupported-type", f"dimension organization {organization}")
     instance = WsiInstance(
@@ -208,6 +208,18 @@ def wsi_instance_from_header(ds: Dataset) -> WsiInstance:
     )
     _check_instance(instance)
     return instance
+
+
+def _organization(ds: Dataset) -> str:
+    """TILED_FULL or TILED_SPARSE as the instance says; an older instance that does not say is
+    sparse when its frames carry positions, else tiled in full (one frame, or frames in row
+    order, as early scanners wrote them)."""
+    declared = str(ds.get("DimensionOrganizationType", "") or "").upper()
+    if declared:
+        return declared
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    positioned = bool(per_frame) and "PlanePositionSlideSequence" in per_frame[0]
+    return "TILED_SPARSE" if positioned else "TILED_FULL"
 
 
 def _check_instance(instance: WsiInstance) -> None:
