@@ -166,6 +166,8 @@ class QuarantineQueue:
         """Release a pending item as its reason allows (:data:`RELEASE_RULES`); returns the
         decision recorded. A phi-suspect item of a batch needs ``research``; one of ``mira
         deid`` is published into the folder it was made for, opened with ``open_store``."""
+        from tasks.deid.release import publish_held, restage  # the catalog: pyarrow, DuckDB
+
         item = self._pending(item_id, by)
         if item.holds_output:
             target = research if item.batch else _output_store(item, open_store)
