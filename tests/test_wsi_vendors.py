@@ -12,6 +12,7 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
+from ome_zarr_models.v05.image import Image as ImageV05
 from typer.testing import CliRunner
 
 from mira.cli.root import app, register_commands
@@ -202,11 +203,12 @@ def test_converts_the_original_vendor_file_too(
     assert np.array_equal(pixels(group, 0), np.moveaxis(level0(path), -1, 0))
 
 
-def test_multiplexed_qptiff_keeps_its_channels_in_deid_and_is_refused_by_convert(
+def test_multiplexed_qptiff_keeps_its_channels_through_deid_and_conversion(
     tmp_path: Path,
 ) -> None:
     """A page per channel: de-identification keeps every channel page of every level (names
-    and colours kept, identifiers gone); conversion of several channels is refused clearly."""
+    and colours kept, identifiers gone); conversion stacks them on the ``c`` axis, channel
+    for channel, with their names in the OMERO metadata and the record."""
     channels = ("DAPI", "CD8", "PanCK")
     path = write_multiplexed_qptiff(tmp_path / "S24-01234_DOE_JOHN.qptiff", channels)
     with path.open("rb") as stream:
@@ -224,11 +226,23 @@ def test_multiplexed_qptiff_keeps_its_channels_in_deid_and_is_refused_by_convert
         assert np.array_equal(before.series[0].asarray(), after.series[0].asarray())
         assert after.series[0].shape == (3, HEIGHT, WIDTH)
         assert [s.name for s in after.series] == ["Baseline", "Thumbnail"]
-    with pytest.raises(InvalidInput, match="multiplexed channels"):
+    target = open_store(tmp_path / "p")
+    converted = convert_slide(
+        open_store(tmp_path), out.name, target, "p.ome.zarr", ConvertOptions(chunk=128)
+    )
+    assert converted.shape == (HEIGHT, WIDTH)
+    assert converted.mpp == pytest.approx(MPP, rel=1e-4)
+    group = open_pyramid(target, "p.ome.zarr")
+    with tifffile.TiffFile(path) as before:
+        assert np.array_equal(pixels(group, 0), before.series[0].levels[0].asarray())
+    ImageV05.from_zarr(group)
+    ome = attributes(group)["ome"]
+    assert [c["label"] for c in ome["omero"]["channels"]] == list(channels)
+    assert attributes(group)["mira"]["slide"]["channels"] == list(channels)
+    with pytest.raises(InvalidInput, match="codec jpeg"):
         convert_slide(
-            open_store(tmp_path), out.name, open_store(tmp_path / "p"), "p.ome.zarr",
-            ConvertOptions(),
-        )  # fmt: skip
+            open_store(tmp_path), out.name, target, "q.ome.zarr", ConvertOptions(codec="jpeg")
+        )
 
 
 def test_sample_data_emits_an_ndpi_that_ingests_deidentifies_and_converts(

@@ -37,6 +37,7 @@ from mira.errors import InvalidInput
 from storage import ObjectInfo, Store, join_key
 from tasks import layout
 from tasks.parallel import dask_client
+from tasks.wsi.channels import level0_geometry, level0_pages
 from tasks.wsi.dicom_source import (
     DICOM_FORMAT,
     dicom_level0_codecs,
@@ -74,9 +75,7 @@ from tasks.wsi.regions import (
 from tasks.wsi.source import (
     SlideGeometry,
     SlideMetadata,
-    full_resolution_page,
     open_slide,
-    slide_geometry,
     slide_metadata,
 )
 
@@ -382,7 +381,7 @@ def _convert(
         mira_version=mira.__version__,
         layout_version=LAYOUT_VERSION,
         options=options.settings(),
-        slide=asdict(slide),
+        slide=slide.record(),
         levels=plan.levels,
         shape=plan.array_shape(0),
         bytes_raw=_bytes_raw(plan),
@@ -459,9 +458,11 @@ def _describe_tiff(
 ) -> tuple[SlideGeometry, SlideMetadata, list[Any] | None]:
     """A TIFF slide's level-0 geometry, metadata and (passthrough) level-0 codecs."""
     with open_slide(source, source_key) as tif:
-        page = full_resolution_page(tif)
-        level0 = level0_codecs(page) if options.passthrough else None
-        return slide_geometry(page), slide_metadata(tif, page), level0
+        pages = level0_pages(tif)  # one, or a multiplexed slide's channel pages
+        if options.passthrough and len(pages) > 1:
+            raise InvalidInput("--codec jpeg needs one RGB or grey page at level 0, not channels")
+        level0 = level0_codecs(pages[0]) if options.passthrough else None
+        return level0_geometry(pages), slide_metadata(tif, pages[0]), level0
 
 
 def _bytes_raw(plan: PyramidPlan) -> int:

@@ -17,6 +17,7 @@ objects ``<level>/0/<y>/<x>`` ('/' separator) and no sharding, which Zarr v2 lac
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -35,6 +36,7 @@ NgffVersion = Literal["0.5", "0.4"]
 LAYOUT_VERSION = 2  # bump when the bytes mira writes for the same input and options change
 AXES = ("c", "y", "x")
 RGB_CHANNELS = (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))
+CHANNEL_COLOURS = ("0000FF", "00FF00", "FF0000", "FFFF00", "FF00FF", "00FFFF", "FFFFFF")
 
 
 def zarr_format(version: NgffVersion) -> Literal[2, 3]:
@@ -170,10 +172,15 @@ def _round(value: float) -> float:
     return float(f"{value:.12g}")
 
 
-def omero(plan: PyramidPlan) -> dict[str, Any]:
-    """Rendering defaults: red/green/blue (or grey) over the full range of the pixel type."""
+def omero(plan: PyramidPlan, names: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Rendering defaults: red/green/blue (or grey, or a multiplexed slide's named channels in
+    distinct colours) over the full range of the pixel type."""
     top = float(np.iinfo(np.dtype(plan.dtype)).max)
-    named = RGB_CHANNELS if plan.samples == 3 else (("gray", "FFFFFF"),)
+    named: tuple[tuple[str, str], ...] = (
+        RGB_CHANNELS if plan.samples == 3 else (("gray", "FFFFFF"),)
+    )
+    if names and len(names) == plan.samples:
+        named = tuple(zip(names, itertools.cycle(CHANNEL_COLOURS), strict=False))
     window = {"min": 0.0, "max": top, "start": 0.0, "end": top}
     channels = [
         {
@@ -187,14 +194,15 @@ def omero(plan: PyramidPlan) -> dict[str, Any]:
         }
         for label, color in named
     ]
-    return {"channels": channels, "rdefs": {"model": "color" if plan.samples == 3 else "greyscale"}}
+    model = "color" if len(named) > 1 else "greyscale"
+    return {"channels": channels, "rdefs": {"model": model}}
 
 
 def root_attributes(
     plan: PyramidPlan, slide: SlideMetadata, version: NgffVersion, record: CompletionRecord
 ) -> dict[str, Any]:
     """The root group's attributes: the OME metadata in the version's place, plus ``mira``."""
-    ome = {"multiscales": [multiscales(plan, slide, version)], "omero": omero(plan)}
+    ome = {"multiscales": [multiscales(plan, slide, version)], "omero": omero(plan, slide.channels)}
     if version == "0.5":
         return {"ome": {"version": "0.5", **ome}, "mira": record.to_attributes()}
     return {**ome, "mira": record.to_attributes()}

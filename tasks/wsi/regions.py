@@ -29,6 +29,7 @@ import zarr
 from numpy.typing import NDArray
 
 from storage import Store, join_key
+from tasks.wsi.channels import ChannelReader, level0_reader_maker
 from tasks.wsi.dicom_source import DicomRegionReader, dicom_region_readers
 from tasks.wsi.ngff import NgffVersion, region_keys, store_objects
 from tasks.wsi.openslide_source import OpenSlideRegionReader, openslide_region_readers
@@ -42,7 +43,7 @@ from tasks.wsi.pyramid import (
     downsample_mean,
     region_shape,
 )
-from tasks.wsi.source import RegionReader, full_resolution_page, shared_slide
+from tasks.wsi.source import RegionReader, shared_slide
 
 Pixels = NDArray[Any]
 TaskKind = Literal["source", "combine", "reload"]
@@ -183,7 +184,9 @@ def convert_source_region(job: RegionJob, row: int, col: int) -> Pixels | None:
 @contextmanager
 def level0_readers(
     job: RegionJob,
-) -> Iterator[Callable[[], RegionReader | DicomRegionReader | OpenSlideRegionReader]]:
+) -> Iterator[
+    Callable[[], RegionReader | ChannelReader | DicomRegionReader | OpenSlideRegionReader]
+]:
     """A maker of level-0 readers for one task: of a DICOM series' frames, of OpenSlide's
     regions, or of a TIFF's tiles."""
     if job.dicom:
@@ -195,11 +198,11 @@ def level0_readers(
             yield make_openslide
         return
     with shared_slide(job.source, job.source_key, job.source_etag) as tif:
-        page = full_resolution_page(tif)
+        make_tiff = level0_reader_maker(tif)  # the page, or a multiplexed slide's channels
         unlocked = isinstance(tif.filehandle.lock, tifffile.NullContext)
         if job.threads > 1 and unlocked:  # bands read concurrently: seek and read as one step
             tif.filehandle.set_lock(True)
-        yield lambda: RegionReader(tif, page)
+        yield make_tiff
 
 
 def combine_regions(

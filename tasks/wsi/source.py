@@ -18,7 +18,7 @@ import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import imagecodecs
@@ -66,6 +66,16 @@ class SlideMetadata:
     objective_power: float | None = None
     mpp_x: float | None = None  # microns per pixel at full resolution
     mpp_y: float | None = None
+    channels: tuple[str, ...] = ()  # a multiplexed slide's channel names, in page order
+
+    def record(self) -> dict[str, Any]:
+        """The fields for the completion record (channel names only where there are some)."""
+        fields = asdict(self)
+        if self.channels:
+            fields["channels"] = list(self.channels)
+        else:
+            del fields["channels"]
+        return fields
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,7 @@ def shared_slide(store: Store, key: str, etag: str | None) -> Iterator[tifffile.
         if entry is None:
             stack = contextlib.ExitStack()
             tif = stack.enter_context(open_slide(store, key))
-            full_resolution_page(tif)  # parse the series once, before threads share it
+            main_series(tif)  # parse the series once, before threads share it
             tif.filehandle.set_lock(True)
             entry = _SHARED[name] = _OpenSlide(tif, stack.close)
         entry.users += 1
@@ -149,8 +159,7 @@ def full_resolution_page(tif: tifffile.TiffFile) -> tifffile.TiffPage:
     level = main_series(tif).levels[0]
     page = level.keyframe
     if len(level.pages) != 1:
-        planes = "multiplexed channels" if slide_vendor(tif) == "akoya" else "multi-plane series"
-        raise InvalidInput(f"{tif.filename}: {planes} are not supported yet")
+        raise InvalidInput(f"{tif.filename}: multi-plane series are not supported")
     if page.dtype is None or page.dtype.name not in SUPPORTED_DTYPES:
         raise InvalidInput(f"{tif.filename}: pixel type {page.dtype} is not supported")
     if page.samplesperpixel not in (1, 3) or (page.samplesperpixel > 1 and page.planarconfig != 1):
@@ -192,6 +201,7 @@ def slide_metadata(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> SlideMeta
             optics.objective,
             optics.mpp_x,
             optics.mpp_y,
+            optics.channels if len(optics.channels) > 1 else (),
         )
     mpp_x, mpp_y = resolution_mpp(page)
     make = page.tags.valueof(271)  # the TIFF "Make" tag: the scanner's manufacturer
