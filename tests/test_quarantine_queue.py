@@ -201,6 +201,7 @@ def test_every_reason_is_listed_and_release_is_refused_where_it_cannot_be_made_s
         f"{BATCH}/notes.txt": "unsupported-type",
         "batch-0002/ct.dcm": "duplicate-uid-conflict",
     }
+    assert [item.id for item in queue.items("batch-0002")] == ["batch-0002/ct.dcm"]
     for unsafe in ("cut.dcm", "empty.dcm", "notes.txt"):
         with pytest.raises(InvalidInput, match="cannot be released"):
             queue.release(f"{BATCH}/{unsafe}", "dr-ada", research=research)

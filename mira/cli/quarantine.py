@@ -67,7 +67,7 @@ def quarantine_list(
 
     items = [
         item
-        for item in _queue(ctx, where).items()
+        for item in _queue(ctx, where).items(batch if not where else None)
         if (everything or item.status == "pending")
         and batch in (None, item.batch)
         and reason in (None, item.reason)

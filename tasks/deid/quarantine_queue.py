@@ -120,11 +120,12 @@ class QuarantineQueue:
     def key_of(self, item_id: str) -> str:
         return join_key(self.prefix, item_id) if self.prefix else item_id
 
-    def items(self) -> list[HeldItem]:
-        """Every item with its decisions, sorted by id."""
+    def items(self, batch: str | None = None) -> list[HeldItem]:
+        """Every item (of ``batch`` only, when given) with its decisions, sorted by id."""
         reasons: dict[str, str] = {}
         decisions: dict[str, list[str]] = {}
-        for info in self.store.list(self.prefix + "/" if self.prefix else ""):
+        folder = join_key(self.prefix, batch) if batch and self.prefix else self.prefix
+        for info in self.store.list(folder + "/" if folder else ""):
             if info.key.endswith(layout.REASON_SUFFIX):
                 reasons[info.key.removesuffix(layout.REASON_SUFFIX)] = info.key
             elif DECISION_INFIX in info.key and info.key.endswith(".json"):
