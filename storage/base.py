@@ -6,7 +6,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal
@@ -31,7 +31,7 @@ class S3Config:
 
     endpoint_url: str | None = None
     access_key_id: str | None = None
-    secret_access_key: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)  # never in a message or log
     region: str | None = None
     cache_dir: str | None = None  # local folder for caches of the store's objects (catalog parts)
     ca_bundle: str | None = None  # PEM file of the CAs that sign the endpoint's TLS certificate

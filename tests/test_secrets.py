@@ -155,3 +155,38 @@ def test_a_pipeline_run_leaves_no_secret_behind(
     assert leaks == []
     research = open_store(env["MIRA_RESEARCH_URL"], Settings().s3_config())
     assert any(info.key.endswith(".parquet") for info in research.list("catalog"))
+
+
+def test_reprs_hide_the_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """What a traceback, a Dask "Compute Failed" log line (the task's repr) or a Prefect
+    parameter display could print: the settings and the S3 connection show no secret."""
+    monkeypatch.setenv("MIRA_DEID_SECRET", DEID_SECRET)
+    monkeypatch.setenv("MIRA_S3_SECRET_ACCESS_KEY", SECRET_KEY)
+    settings = Settings()
+    for text in (repr(settings), str(settings), repr(settings.s3_config())):
+        assert DEID_SECRET not in text and SECRET_KEY not in text
+    assert settings.s3_config().secret_access_key == SECRET_KEY
+    assert settings.deid_key() == DEID_SECRET.encode()
+
+
+def test_a_secret_file_error_names_the_file_not_the_content(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from mira.errors import ConfigError
+
+    monkeypatch.delenv("MIRA_DEID_SECRET", raising=False)
+    monkeypatch.delenv("MIRA_S3_SECRET_ACCESS_KEY", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    short = tmp_path / "short.key"
+    short.write_text(SHORT_SECRET)
+    monkeypatch.setenv("MIRA_DEID_SECRET_FILE", str(short))
+    with pytest.raises(ConfigError) as refused:
+        Settings().deid_key()
+    assert SHORT_SECRET not in str(refused.value) and "at least" in str(refused.value)
+    monkeypatch.setenv("MIRA_S3_SECRET_ACCESS_KEY_FILE", str(tmp_path / "missing.key"))
+    with pytest.raises(ConfigError, match=r"MIRA_S3_SECRET_ACCESS_KEY_FILE .*missing\.key"):
+        Settings().s3_config()
+    key_file = tmp_path / "s3.key"
+    key_file.write_text(f"  {SECRET_KEY}\n")
+    monkeypatch.setenv("MIRA_S3_SECRET_ACCESS_KEY_FILE", str(key_file))
+    assert Settings().s3_config().secret_access_key == SECRET_KEY
