@@ -205,3 +205,54 @@ def test_doctor_passes_object_lock_with_a_default_retention(s3_server: SeaweedSe
         "detail": "enabled, default retention GOVERNANCE 1 day",
     }
     assert code == 0, lines
+
+
+@pytest.mark.prefect
+def test_doctor_asks_the_prefect_server_for_its_analytics(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.seaweedfs import free_port
+
+    port = free_port()
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"))
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    with (tmp_path / "server.log").open("wb") as log:
+        server = subprocess.Popen(
+            [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        code, lines = _doctor(
+            {
+                "MIRA_GATEWAY_URL": str(tmp_path / "gateway"),
+                "MIRA_RESEARCH_URL": str(tmp_path / "research"),
+                "MIRA_PREFECT_API_URL": api,
+            }
+        )
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert lines[("Prefect analytics", "prefect")]["detail"] == (
+        "server analytics off (as the server reports)"
+    )
+    assert lines[("Prefect analytics", "prefect")]["status"] == "pass"
+    assert lines[("TLS", "prefect")]["status"] == "warn"  # plain http, on loopback
+    assert code == 0
