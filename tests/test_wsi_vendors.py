@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import openslide
@@ -22,6 +23,7 @@ from tasks.dataset import catalog
 from tasks.deid import DeidPolicy, deidentify_slide, scan_for_phi
 from tasks.ingest.sniff import inspect_object
 from tasks.sample import generate_sample_data
+from tasks.sample import ndpi as ndpi_writer
 from tasks.slide_vendors import associated_pages, main_series, slide_vendor, vendor_optics
 from tasks.wsi.convert import ConvertOptions, convert_slide
 from tests.test_wsi import all_text, attributes, open_pyramid, pixels
@@ -145,6 +147,33 @@ def test_deid_drops_associated_images_and_scrubs_vendor_metadata(
         assert associated_pages(tif) == {}
         assert len(tif.pages) == 2
     assert np.array_equal(level0(out), level0(originals[vendor])), "levels copied, not re-encoded"
+
+
+def test_deid_ndpi_drops_text_hidden_in_the_jpeg_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JPEG comment and an APP segment carrying the label text inside each level's strip are
+    removed, the McuStarts moved back by as many bytes, the pixels unchanged."""
+    original = ndpi_writer.restart_jpeg
+    text = b"S24-01234 DOE^JOHN"
+    hidden = b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text
+    hidden += b"\xff\xe3" + (len(text) + 2).to_bytes(2, "big") + text
+
+    def with_hidden_text(rgb: np.ndarray, quality: int, restarts: bool = True) -> Any:
+        data, starts = original(rgb, quality, restarts)
+        return data[:2] + hidden + data[2:], [start + len(hidden) for start in starts]
+
+    monkeypatch.setattr(ndpi_writer, "restart_jpeg", with_hidden_text)
+    path = write_vendor_slide("hamamatsu", tmp_path)
+    assert path.read_bytes().count(text) > 2
+    out = tmp_path / "slide.tiff"
+    deidentify_slide(path, out, KEY, DeidPolicy.default())
+    assert b"DOE" not in out.read_bytes()
+    assert np.array_equal(level0(out), level0(path))
+    with tifffile.TiffFile(out) as tif:
+        starts = tif.pages.first.tags.valueof(65426)
+    with tifffile.TiffFile(path) as tif:
+        assert list(starts) == [s - len(hidden) for s in tif.pages.first.tags.valueof(65426)]
 
 
 def test_deid_ndpi_keeps_each_level_one_restart_marker_strip(

@@ -43,6 +43,7 @@ from tasks.deid.vendor_scrub import (
     qpi_thumbnail_description,
     safe_software,
     scn_description,
+    scrub_jpeg_header,
     vendor_identifiers,
 )
 from tasks.slide_vendors import slide_vendor, vendor_optics
@@ -190,12 +191,13 @@ def _write_channel_pyramid(
 def _copy_ndpi_page(
     writer: tifffile.TiffWriter, tif: tifffile.TiffFile, page: tifffile.TiffPage
 ) -> None:
-    """An NDPI level as it is stored: its one JPEG strip, byte for byte, with its McuStarts."""
+    """An NDPI level as it is stored: its one JPEG strip with its McuStarts, the entropy-coded
+    data byte for byte, the JPEG header without comment or application segments."""
     offset, count = ndpi_strip(page)
     handle = tif.filehandle
     handle.seek(offset)
-    strip = handle.read(count)
     try:
+        strip, shift = scrub_jpeg_header(handle.read(count))
         writer.write(
             iter([strip]),
             shape=(page.imagelength, page.imagewidth, page.samplesperpixel),
@@ -204,7 +206,7 @@ def _copy_ndpi_page(
             compression=page.compression,
             compressionargs=_jpeg_colorspace(page),
             rowsperstrip=page.imagelength,
-            extratags=ndpi_tags(page),
+            extratags=ndpi_tags(page, shift),
             software=False,
             metadata=None,
             **_resolution(page),

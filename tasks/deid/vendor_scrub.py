@@ -61,6 +61,7 @@ _PHILIPS_SAFE = frozenset(
 )
 _BIF_SAFE = frozenset({"ScanRes", "Magnification", "BuildVersion", "ScannerModel"})
 ExtraTag = tuple[int, str, int, Any, bool]
+_JPEG_SIGNATURES = {0xE0: b"JFIF\0", 0xEE: b"Adobe"}  # APP0, APP14: kept, they guide decoding
 
 
 def safe_software(page: tifffile.TiffPage) -> str | None:
@@ -78,8 +79,31 @@ def ndpi_strip(page: tifffile.TiffPage) -> tuple[int, int]:
     return int(offsets[0]), int(counts[0])
 
 
-def ndpi_tags(page: tifffile.TiffPage) -> list[ExtraTag]:
-    """The NDPI tags a de-identified level keeps: its layout (McuStarts) and optics."""
+def scrub_jpeg_header(jpeg: bytes) -> tuple[bytes, int]:
+    """A JPEG without its comment and application segments, but for the JFIF and Adobe ones
+    (they say how to decode the colours), and how many bytes went: a scanner may write the
+    slide's label text or a path there. Everything from the start of scan on is kept as is."""
+    if jpeg[:2] != b"\xff\xd8":
+        raise ValueError("the NDPI strip is not a JPEG")
+    kept, position = bytearray(jpeg[:2]), 2
+    while position + 4 <= len(jpeg) and jpeg[position] == 0xFF:
+        marker = jpeg[position + 1]
+        if marker == 0xDA:  # start of scan: the entropy-coded data follows
+            break
+        length = int.from_bytes(jpeg[position + 2 : position + 4], "big")
+        segment = jpeg[position : position + 2 + length]
+        signature = _JPEG_SIGNATURES.get(marker)
+        if marker != 0xFE and (
+            not 0xE0 <= marker <= 0xEF or segment[4:].startswith(signature or b"\0")
+        ):
+            kept += segment
+        position += 2 + length
+    return bytes(kept) + jpeg[position:], position - len(kept)
+
+
+def ndpi_tags(page: tifffile.TiffPage, shift: int = 0) -> list[ExtraTag]:
+    """The NDPI tags a de-identified level keeps: its layout (McuStarts, moved back by the
+    ``shift`` bytes scrubbed from the strip's header) and optics."""
     tags: list[ExtraTag] = [(271, "s", 0, "Hamamatsu", True), (NDPI_FILE_FORMAT, "I", 1, 1, True)]
     model = page.tags.valueof(272)
     if isinstance(model, str) and _SAFE_MODEL.fullmatch(model.strip()):
@@ -89,7 +113,7 @@ def ndpi_tags(page: tifffile.TiffPage) -> list[ExtraTag]:
         tags.append((NDPI_MAGNIFICATION, "f", 1, float(magnification), True))
     starts = page.tags.valueof(NDPI_MCU_STARTS)
     if starts is not None:
-        tags.append((NDPI_MCU_STARTS, "I", len(starts), [int(s) for s in starts], True))
+        tags.append((NDPI_MCU_STARTS, "I", len(starts), [int(s) - shift for s in starts], True))
     return tags
 
 
