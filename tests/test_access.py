@@ -223,6 +223,19 @@ def test_credentials_are_private_files_never_printed(applied: Applied) -> None:
     assert stat.S_IMODE(applied.credentials_dir.stat().st_mode) == 0o700
     again = applied.apply()
     assert "5 principals applied (5 already up to date)" in again.output
+    assert "no key file" not in again.output
+    elsewhere = _mira(
+        applied.server,
+        "access",
+        "apply",
+        str(applied.policy_file),
+        "--credentials-dir",
+        str(applied.credentials_dir.parent / "elsewhere"),
+    )
+    assert (
+        "no key file" in elsewhere.output
+        and "cura, etl, ops, reader-a, reader-b" in elsewhere.output
+    )
     secret = applied.keys("reader-a")[1]
     assert secret not in again.output
     listing = _mira(applied.server, "access", "list", str(applied.policy_file), "--json")

@@ -116,9 +116,16 @@ def apply(
         if names:
             out.print(f"{label}: {', '.join(names)}")
     for name, path in report.credentials.items():
-        out.print(f"keys of {name}: {path}")
+        out.print(f"keys of {name}: {path}", soft_wrap=True)
     unchanged = len(documents) - len(report.created) - len(report.updated)
     out.print(f"{len(documents)} principals applied ({unchanged} already up to date)")
+    keyless = [n for n in documents if not (credentials_dir / f"{n}.env").exists()]
+    if keyless:
+        out.print(
+            f"no key file in {credentials_dir} for {', '.join(sorted(keyless))} (made "
+            "elsewhere?): `mira access rotate NAME` issues new keys",
+            soft_wrap=True,
+        )
 
 
 @access_app.command("list")
@@ -201,7 +208,7 @@ def grant(
     save_policy(policy, policy_file)
     if not admin.identity(principal).access_key_ids:
         path = write_credentials(credentials_dir, admin.create_key(principal))
-        out.print(f"keys of {principal}: {path}")
+        out.print(f"keys of {principal}: {path}", soft_wrap=True)
     out.print(f"{principal}: {role.value} {', '.join(cohort or [])}".rstrip())
 
 
@@ -236,7 +243,10 @@ def rotate(
 
     admin = IdentityAdmin(settings_of(ctx).s3_config())
     credentials, path = admin.rotate(principal, credentials_dir)
-    out.print(f"keys of {principal} rotated: {path} (access key {credentials.access_key_id})")
+    out.print(
+        f"keys of {principal} rotated: {path} (access key {credentials.access_key_id})",
+        soft_wrap=True,
+    )
     if show_secret:
         typer.echo(f"AWS_SECRET_ACCESS_KEY={credentials.secret_access_key}")
 
