@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from mira.cli.root import app, register_commands
 from storage.iam import IdentityAdmin
-from tests.conftest import LOCK_BUCKET, PLAIN_BUCKET
 from tests.seaweedfs import SeaweedServer
 
 register_commands()
@@ -94,8 +93,20 @@ def test_doctor_fails_on_a_plain_http_prefect_api_across_the_network(tmp_path: P
     assert lines[("Prefect analytics", "prefect")]["status"] == "warn"
 
 
+PLAIN_BUCKET, LOCK_BUCKET = "doctor-plain", "doctor-locked"
+
+
+@pytest.fixture(scope="module")
+def doctor_buckets(s3_server: SeaweedServer) -> SeaweedServer:
+    """The session's server with a plain bucket and an Object Lock bucket of this module's."""
+    s3_server.create_bucket(PLAIN_BUCKET)
+    s3_server.create_bucket(LOCK_BUCKET, object_lock=True)
+    return s3_server
+
+
 @pytest.mark.s3
-def test_doctor_on_the_seaweedfs_server(s3_server: SeaweedServer) -> None:
+def test_doctor_on_the_seaweedfs_server(doctor_buckets: SeaweedServer) -> None:
+    s3_server = doctor_buckets
     run = uuid.uuid4().hex[:8]
     env = _s3_env(
         s3_server, f"s3://{PLAIN_BUCKET}/doctor-{run}", f"s3://{LOCK_BUCKET}/doctor-{run}"
@@ -117,7 +128,10 @@ def test_doctor_on_the_seaweedfs_server(s3_server: SeaweedServer) -> None:
 
 
 @pytest.mark.s3
-def test_doctor_without_object_lock_fails_the_research_store(s3_server: SeaweedServer) -> None:
+def test_doctor_without_object_lock_fails_the_research_store(
+    doctor_buckets: SeaweedServer,
+) -> None:
+    s3_server = doctor_buckets
     run = uuid.uuid4().hex[:8]
     env = _s3_env(
         s3_server, f"s3://{LOCK_BUCKET}/doctor-{run}", f"s3://{PLAIN_BUCKET}/doctor-{run}"
@@ -185,7 +199,10 @@ def test_doctor_compares_the_policy_with_the_server(
 
 
 @pytest.mark.s3
-def test_doctor_passes_object_lock_with_a_default_retention(s3_server: SeaweedServer) -> None:
+def test_doctor_passes_object_lock_with_a_default_retention(
+    doctor_buckets: SeaweedServer,
+) -> None:
+    s3_server = doctor_buckets
     bucket = f"doctor-retained-{uuid.uuid4().hex[:6]}"
     s3_server.create_bucket(bucket, object_lock=True)
     s3_server._s3_call(
