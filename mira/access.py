@@ -47,7 +47,7 @@ ROLE_SUMMARY: Mapping[Role, str] = {
     Role.READER: "lists and reads its cohorts' prefixes and snapshots, and appends to the "
     f"audit log ({AUDIT_PREFIX}/); writes and deletes nothing else; no gateway access.",
     Role.ADMIN: "every S3 action on the research store; on the gateway only the bucket's "
-    "settings (versioning, Object Lock, encryption), neither its keys nor its objects; cannot "
+    "settings (versioning, Object Lock), neither its keys nor its objects; cannot "
     "shorten a COMPLIANCE retention (the server refuses everyone).",
 }
 
