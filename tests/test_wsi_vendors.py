@@ -36,6 +36,7 @@ from tests.vendor_slides import (
     WIDTH,
     write_mrxs_slide,
     write_multiplexed_qptiff,
+    write_scn_slide,
     write_vendor_slide,
 )
 
@@ -218,6 +219,25 @@ def test_converts_losslessly_at_the_vendors_pixel_size(
     assert record["objective_power"] == OBJECTIVES[vendor]
     text = all_text(target, "p.ome.zarr")
     assert not [token for token in PLANTED if token in text]
+
+
+def test_scn_macro_larger_than_the_tissue_is_never_level_0(tmp_path: Path) -> None:
+    """A small tissue region scanned at 20x can be smaller than the photograph of the whole
+    glass: the SCN's own metadata (the image covering the collection) names the macro, so
+    neither de-identification nor conversion takes it for level 0."""
+    path = write_scn_slide(tmp_path / "small.scn", macro_size=(2048, 1024))
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages.first.imagelength * tif.pages.first.imagewidth > HEIGHT * WIDTH
+    out = tmp_path / "slide.tiff"
+    result = deidentify_slide(path, out, KEY, DeidPolicy.default())
+    assert result.removed_images == ("macro",) and result.levels == 2
+    assert np.array_equal(level0(out), level0(path))
+    assert level0(path).shape == (HEIGHT, WIDTH, 3)
+    target = open_store(tmp_path / "p")
+    converted = convert_slide(
+        open_store(tmp_path), path.name, target, "p.ome.zarr", ConvertOptions()
+    )
+    assert converted.shape == (HEIGHT, WIDTH)
 
 
 @pytest.mark.parametrize("vendor", ["hamamatsu", "leica"])

@@ -110,8 +110,11 @@ def scn_xml(levels: list[Pixels], macro: Pixels) -> str:
     )
 
 
-def write_scn_slide(path: Path, size: Size = (HEIGHT, WIDTH)) -> Path:
-    levels, macro = pyramid(*size), glass(512, 256)
+def write_scn_slide(
+    path: Path, size: Size = (HEIGHT, WIDTH), macro_size: Size = (512, 256)
+) -> Path:
+    """The macro first (as SCN400 files put it), then the main image's levels."""
+    levels, macro = pyramid(*size), glass(*macro_size)
     with tifffile.TiffWriter(path, bigtiff=True) as writer:
         writer.write(macro, description=scn_xml(levels, macro), metadata=None, **_tiled())
         for level in levels:
