@@ -30,17 +30,19 @@ import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_OUTPUT = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
-FORMATS = ("svs", "hamamatsu", "leica", "ventana", "philips", "akoya", "mirax")
+FORMATS = ("svs", "hamamatsu", "leica", "ventana", "philips", "akoya", "akoya-multiplex", "mirax")
 OPENSLIDE_TILE = 512
 
 
 def write_slide(kind: str, folder: Path, height: int, width: int) -> Path:
     from tests.slides import write_slide as write_generic
-    from tests.vendor_slides import write_mrxs_slide, write_vendor_slide
+    from tests.vendor_slides import write_mrxs_slide, write_multiplexed_qptiff, write_vendor_slide
 
     if kind == "svs":
         path = folder / "slide.svs"
         return write_generic(path, height, width, kind="svs", levels=2, bigtiff=True)
+    if kind == "akoya-multiplex":  # three zstd greyscale channel pages
+        return write_multiplexed_qptiff(folder / "slide.qptiff", size=(height, width))
     if kind == "mirax":
         return write_mrxs_slide(folder / "slide.mrxs", (height, width))
     return write_vendor_slide(kind, folder, (height, width))
@@ -50,27 +52,33 @@ def tiff_floor(path: Path, workers: int) -> int:
     """Decode and re-encode every level-0 segment; returns the raw bytes."""
     import tifffile
 
+    from tasks.wsi.channels import level0_geometry, level0_pages
     from tasks.wsi.pyramid import ChunkCodec
-    from tasks.wsi.source import full_resolution_page, segment_decoder, slide_geometry
+    from tasks.wsi.source import segment_decoder, slide_geometry
 
     encode = ChunkCodec("zstd", 1).encoder()
     with tifffile.TiffFile(path) as tif:
-        page = full_resolution_page(tif)
-        geometry = slide_geometry(page)
-        offsets, counts = list(page.dataoffsets), list(page.databytecounts)
-        decode = segment_decoder(page, geometry)
+        pages = level0_pages(tif)  # a multiplexed slide: every channel page
+        segments = [
+            (offset, count, index, segment_decoder(page, slide_geometry(page)))
+            for page in pages
+            for index, (offset, count) in enumerate(
+                zip(page.dataoffsets, page.databytecounts, strict=True)
+            )
+        ]
 
         def share(first: int) -> int:
             written = 0
             with path.open("rb") as handle:
-                for index in range(first, len(offsets), workers):
-                    handle.seek(offsets[index])
-                    tile = decode(handle.read(counts[index]), index)
+                for offset, count, index, decode in segments[first::workers]:
+                    handle.seek(offset)
+                    tile = decode(handle.read(count), index)
                     written += len(encode(np.ascontiguousarray(tile)))
             return written
 
         with ThreadPoolExecutor(workers) as pool:
             sum(pool.map(share, range(workers)))
+        geometry = level0_geometry(pages)
     return geometry.height * geometry.width * geometry.samples
 
 
@@ -153,7 +161,7 @@ def main() -> None:
             }
             results.append(row)
             print(
-                f"{kind:10} {row['raw_mb']:7.1f} MB  floor {row['floor_mb_s']:7.1f} MB/s  "
+                f"{kind:16} {row['raw_mb']:7.1f} MB  floor {row['floor_mb_s']:7.1f} MB/s  "
                 f"mira {row['mira_mb_s']:7.1f} MB/s  mira/floor {row['mira_vs_floor']:.2f}",
                 flush=True,
             )

@@ -274,10 +274,10 @@ def write_qptiff_slide(path: Path, size: Size = (HEIGHT, WIDTH)) -> Path:
 
 
 def write_multiplexed_qptiff(
-    path: Path, channels: tuple[str, ...] = ("DAPI", "CD8", "PanCK")
+    path: Path, channels: tuple[str, ...] = ("DAPI", "CD8", "PanCK"), size: Size = (HEIGHT, WIDTH)
 ) -> Path:
     """A multiplexed QPTIFF: one greyscale page per channel at each level."""
-    full = slide_pixels(HEIGHT, WIDTH)
+    full = slide_pixels(*size)
     with tifffile.TiffWriter(path, bigtiff=True) as writer:
         for kind, step in (("FullResolution", 1), ("ReducedResolution", 2)):
             for index, name in enumerate(channels):
