@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import typer
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from mira.cli.root import COMMAND_MODULES, typed_command
 from mira.errors import MiraError
 from tasks.deid.local_run import run_in_processes
 from tasks.deid.stage import INLINE_MAX_FILES
@@ -23,7 +25,8 @@ SECRET = "test-only-secret-0123456789abcdef0123"
 # Small original CT and MR images (no OCR pass), enough of them for the pool, not the inline path.
 TEMPLATES = ("17106", "2062", "15820", "4950")
 FILES = INLINE_MAX_FILES + 10
-HEAVY = ("prefect", "distributed", "dask", "great_expectations")
+# Orchestration, cluster, data-quality and catalog packages: none is needed to de-identify a folder.
+HEAVY = ("prefect", "distributed", "dask", "great_expectations", "pyarrow", "duckdb")
 
 # The console entry point in a fresh interpreter, then the heavy modules it loaded.
 RUN_MIRA_DEID = f"""
@@ -77,7 +80,8 @@ def outputs(folder: Path) -> dict[str, bytes]:
 
 def test_mira_deid_imports_no_prefect_or_dask(uploads: Path, tmp_path: Path) -> None:
     """The command de-identifies a folder on its process pool without importing Prefect,
-    Dask, distributed or Great Expectations (each costs start-up time for nothing here)."""
+    Dask, distributed, Great Expectations or the catalog's pyarrow and DuckDB (each costs
+    start-up time for nothing here)."""
     out, held = tmp_path / "out", tmp_path / "held"
     report = run_mira_deid([str(uploads), str(out), "--quarantine", str(held)])
     assert report == {"code": 0, "heavy": []}
@@ -133,3 +137,33 @@ def test_process_pool_keeps_order_and_reports_progress() -> None:
 def test_a_worker_that_dies_is_a_clear_error() -> None:
     with pytest.raises(MiraError, match="worker process died"):
         run_in_processes(die_on_three, 0, [[1, 2], [3, 4], [5, 6]], workers=2)
+
+
+def test_each_command_is_found_in_the_module_the_table_names() -> None:
+    """main() imports only the module of the typed command: the table must name, for every
+    command in it, the module that registers it."""
+    import importlib
+
+    for command, module in COMMAND_MODULES.items():
+        app = typer.Typer()
+        app.callback()(lambda: None)
+        importlib.import_module(f"mira.cli.{module}").register(app)
+        commands = getattr(typer.main.get_command(app), "commands", {})
+        assert command in commands, (command, module)
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["deid", "in", "out"], "deid"),
+        (["-v", "--gateway", "s3://gw", "--dask-address", "tcp://h:8786", "deid", "x"], "deid"),
+        (["--research=/r", "catalog", "query"], "catalog"),
+        (["--help"], None),
+        (["--version"], None),
+        ([], None),
+    ],
+)
+def test_the_typed_command_is_read_past_the_global_options(
+    args: list[str], command: str | None
+) -> None:
+    assert typed_command(args) == command

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
@@ -114,8 +116,40 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def register_commands() -> None:
-    """Attach every command module's commands to ``app``."""
+# The module of each command: main() imports only the one typed, so ``mira deid`` does not
+# load what other commands need (pyarrow, httpx...). A command missing here still works: all
+# modules are then registered, as for ``mira --help`` (tests/test_deid_command.py checks it).
+COMMAND_MODULES = {
+    "sample-data": "sample",
+    "demo": "pipeline",
+    "run": "pipeline",
+    "deid": "deid",
+    "phi-scan": "deid",
+    "convert": "convert",
+    "export-dicom": "convert",
+    "catalog": "catalog",
+    "ls": "catalog",
+    "qa": "qa",
+    "review": "review",
+    "quarantine": "quarantine",
+    "snapshot": "snapshot",
+    "split": "snapshot",
+    "replicate": "replicate",
+    "serve": "serve",
+    "sensor": "serve",
+    "access": "access",
+    "doctor": "doctor",
+    "audit": "audit",
+}
+
+
+def register_commands(command: str | None = None) -> None:
+    """Attach the commands of the module that registers ``command`` to ``app``; every command
+    module's commands when ``command`` is None or not known."""
+    module = COMMAND_MODULES.get(command or "")
+    if module is not None:
+        importlib.import_module(f"mira.cli.{module}").register(app)
+        return
     from mira.cli import (
         access,
         audit,
@@ -169,9 +203,27 @@ def plain_flags(command: Any) -> Any:
     return command
 
 
+def typed_command(args: Sequence[str]) -> str | None:
+    """The command word of a command line (``-v --gateway URL deid ...`` -> ``deid``); None when
+    there is none (``--help``, ``--version``)."""
+    takes_value = {
+        name
+        for param in typer.main.get_command(app).params
+        if param.param_type_name == "option" and not getattr(param, "is_flag", False)
+        for name in param.opts
+    }
+    words = iter(args)
+    for word in words:
+        if word in takes_value:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main() -> None:
     """Console entry point: expected errors print one line and exit 1; bad usage exits 2."""
-    register_commands()
+    register_commands(typed_command(sys.argv[1:]))
     try:
         plain_flags(typer.main.get_command(app))(standalone_mode=True)
     except MiraError as err:

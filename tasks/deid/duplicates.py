@@ -25,12 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from storage import Store
 from tasks import layout
-from tasks.dataset import read_table
 
 if TYPE_CHECKING:
     from tasks.deid.stage import Outcome
@@ -63,6 +59,11 @@ def published_instances(
             if info.key.endswith(".dcm")
         }
         return {uid: i for uid, i in found.items() if wanted is None or uid in wanted}
+    import pyarrow as pa  # the catalog of a research store: not loaded for an output folder
+    import pyarrow.compute as pc
+
+    from tasks.dataset import read_table
+
     table = read_table(store, "instances")
     if not table.num_rows or wanted == set():
         return {}

@@ -18,16 +18,14 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 import tifffile
 
 from mira import __version__
 from mira.errors import DeidentificationError, IntegrityError, InvalidInput, ObjectNotFound, PhiLeak
-from storage import Store, join_key, open_store
+from storage import ObjectInfo, Store, join_key, open_store
 from tasks import layout
-from tasks.dataset import INSTANCE_SCHEMA, SLIDE_SCHEMA, summarise_instances, write_part
 from tasks.deid.dicom import deidentify_dicom
 from tasks.deid.dicom_wsi import associated_image_refusal
 from tasks.deid.duplicates import (
@@ -46,8 +44,10 @@ from tasks.deid.pseudonyms import pseudonymize_patient_id
 from tasks.deid.rows import instance_row, slide_row
 from tasks.deid.slide import deidentify_slide
 from tasks.deid.suspects import PHI_SUSPECT
-from tasks.ingest import read_accepted
 from tasks.parallel import dask_client, parallel_map
+
+if TYPE_CHECKING:  # the catalog (pyarrow, DuckDB) is loaded by the batch stage, not mira deid
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ SUMMARY_NAME = "summary.json"
 INLINE_MAX_FILES = 50
 FILES_PER_TASK = 100
 PUBLISH_THREADS = 8
+SNIFF_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -173,24 +174,9 @@ def deidentify_folder(
     work runs on the Dask scheduler at ``dask_address`` when one is given, else on ``workers``
     local processes (0: one per core), never on a LocalCluster started for one command.
     """
-    from tasks.ingest import sniff_format
-
-    items: list[WorkItem] = []
-    for info in source.list():
-        with source.open_read(info.key) as stream:
-            kind = sniff_format(stream.read(4096))
-        fmt = {
-            "dicom": "dicom",
-            "dicom-no-preamble": "dicom",
-            "svs": "slide",
-            "tiff": "slide",
-            "bigtiff": "slide",
-        }
-        items.append(
-            WorkItem(
-                key=info.key, path=info.key, format=fmt.get(kind, kind), sha256="", size=info.size
-            )
-        )
+    items = parallel_map(
+        lambda info: _folder_item(source, info), list(source.list()), SNIFF_THREADS
+    )
     unsupported = [i for i in items if i.format not in ("dicom", "slide")]
     items = [i for i in items if i.format in ("dicom", "slide")]
     with tempfile.TemporaryDirectory(prefix="mira-deid-") as tmp:
@@ -224,8 +210,28 @@ def deidentify_folder(
     return replace(result, files=result.files + len(unsupported))
 
 
+def _folder_item(source: Store, info: ObjectInfo) -> WorkItem:
+    """A file of a ``mira deid`` folder as work, its format sniffed from its first bytes."""
+    from tasks.ingest import sniff_format
+
+    with source.open_read(info.key) as stream:
+        kind = sniff_format(stream.read(4096))
+    fmt = {
+        "dicom": "dicom",
+        "dicom-no-preamble": "dicom",
+        "svs": "slide",
+        "tiff": "slide",
+        "bigtiff": "slide",
+    }
+    return WorkItem(
+        key=info.key, path=info.key, format=fmt.get(kind, kind), sha256="", size=info.size
+    )
+
+
 def accepted_items(gateway: Store, batch: str) -> list[WorkItem]:
     """The objects ingest accepted for ``batch``; the batch must have been ingested."""
+    from tasks.ingest import read_accepted  # the ingest stage and its catalog: batch runs only
+
     try:
         table = read_accepted(gateway, batch)
     except ObjectNotFound as err:
@@ -420,6 +426,7 @@ def publish(staging: Store, research: Store, outcomes: Sequence[Outcome]) -> lis
             return  # a rerun after a crash
         with staging.open_read(key) as staged:
             research.write_stream(key, staged)
+        staging.delete(key)  # here, on this thread, rather than in one pass at the end
 
     parallel_map(copy, published, PUBLISH_THREADS)
     return published
@@ -433,6 +440,8 @@ def _commit_catalog(
     policy: DeidPolicy,
 ) -> DeidStageResult:
     """Write the batch's catalog parts: the commit that makes the batch visible downstream."""
+    from tasks.dataset import INSTANCE_SCHEMA, SLIDE_SCHEMA, summarise_instances, write_part
+
     instances = [o.row for o in published if o.row and o.item.format != "slide"]
     slides = [o.row for o in published if o.row and o.item.format == "slide"]
     instance_table = _table(instances, INSTANCE_SCHEMA)
@@ -496,4 +505,6 @@ def _result(
 
 
 def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    import pyarrow as pa
+
     return pa.Table.from_pylist(rows, schema=schema)

@@ -6,6 +6,9 @@ The public face of the wing; ``stage`` runs a batch, ``dropzone`` reads batches 
 gateway.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from tasks.ingest.announce import BATCH_READY, Announcement, announce_batch, pending_batches
 from tasks.ingest.dicom_series import (
     WSI_SOP_CLASS,
@@ -22,7 +25,23 @@ from tasks.ingest.quarantine_zone import QuarantineEntry, quarantine, write_reas
 from tasks.ingest.redact import GatewayNames, gateway_names_hidden
 from tasks.ingest.runs import ClaimOutcome, RunClaim, claim_batch_run
 from tasks.ingest.sniff import sniff_format
-from tasks.ingest.stage import IngestResult, ingest_batch, read_accepted
+
+if TYPE_CHECKING:
+    from tasks.ingest.stage import IngestResult, ingest_batch, read_accepted
+
+# The stage loads the catalog (pyarrow, DuckDB): imported on first use of one of its names, so
+# a command that only sniffs or quarantines (mira deid) does not pay for it.
+_LAZY = {"IngestResult": "tasks.ingest.stage", "ingest_batch": "tasks.ingest.stage"}
+_LAZY["read_accepted"] = "tasks.ingest.stage"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BATCH_READY",
