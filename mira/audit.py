@@ -72,11 +72,13 @@ class _Entry:
     all_keys: list[str] = field(default_factory=list)
     counted: bool = True  # False when some touch had no object count (a listing)
 
-    def add(self, touch: Touch, key: str) -> None:
+    def add(self, touch: Touch, key: str, *, listed: bool = True) -> None:
         self.objects += touch.objects or 0
         self.counted = self.counted and touch.objects is not None
         self.bytes += touch.size or 0
         self.all_keys.append(key)
+        if not listed:
+            return
         if key not in self.keys and len(self.keys) < KEYS_PER_ENTRY:
             self.keys[key] = {"key": key, "bytes": touch.size, "sha256": touch.sha256}
         elif key in self.keys and touch.sha256:
@@ -91,13 +93,11 @@ class AuditScope:
         operation: str,
         kind: str,
         roots: Callable[[], dict[str, str]],
-        name: Callable[[], str | None] | None = None,
     ) -> None:
         self.operation = operation
         self.kind = kind
         self._roots = roots  # store name -> root URL, asked when the first store call is seen
         self.roots: dict[str, str] | None = None
-        self.name = name
         self.started = datetime.now(UTC)
         self.entries: dict[tuple[str, str, str], _Entry] = {}
         self.stages: list[str] = []
@@ -105,19 +105,21 @@ class AuditScope:
         self._lock = threading.Lock()
 
     def saw(self, touch: Touch) -> None:
-        if self.name is not None and (named := self.name()):
-            self.operation, self.name = named, None
         full = f"{touch.store_url.rstrip('/')}/{touch.key}" if touch.key else touch.store_url
         store, root = self._root_of(full)
-        if store == "other":  # a store named on the command line (mira deid's output)
-            root = touch.store_url
-        key = full[len(root) :].strip("/")
-        if key == AUDIT_PREFIX or key.startswith(f"{AUDIT_PREFIX}/"):
+        key = full[len(root) :].strip("/") if root else ""
+        research = store == "research"
+        if research and (key == AUDIT_PREFIX or key.startswith(f"{AUDIT_PREFIX}/")):
             return  # reading the log (verify, query) is not an operation on the data
+        if not research:
+            # The record goes to the research store, where no PHI may go: names on the gateway
+            # (a drop zone's folders) and in folders given on the command line can carry it.
+            # Only the gateway's top folder (dropzone, quarantine...) and counts are kept.
+            key = key.split("/", 1)[0] if store == "gateway" else ""
         with self._lock:
             self.remote = self.remote or full.startswith("s3://")
             entry = self.entries.setdefault((store, root, touch.operation), _Entry())
-            entry.add(touch, key)
+            entry.add(touch, key, listed=research)
 
     def _root_of(self, url: str) -> tuple[str, str]:
         if self.roots is None:
@@ -185,7 +187,6 @@ def audited(
     operation: str,
     *,
     kind: str = "command",
-    name: Callable[[], str | None] | None = None,
 ) -> Iterator[AuditScope | None]:
     """Record what the enclosed command or flow run does to the stores as one audit record.
 
@@ -200,7 +201,7 @@ def audited(
             outer.stages.append(operation)
         yield outer
         return
-    scope = AuditScope(operation, kind, lambda: _roots(settings), name)
+    scope = AuditScope(operation, kind, lambda: _roots(settings))
     token = _scope.set(scope)
     try:
         # A command, and a flow run on a worker, is the only one running in its process:

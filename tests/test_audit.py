@@ -14,9 +14,18 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from mira.audit import AUDIT_PREFIX, append_records, log_objects, object_key, query_log, verify_log
+from mira.audit import (
+    AUDIT_PREFIX,
+    append_records,
+    audited,
+    log_objects,
+    object_key,
+    query_log,
+    verify_log,
+)
 from mira.cli.root import app, register_commands
 from mira.errors import InvalidInput, ObjectLocked
+from mira.settings import Settings
 from storage import Store, open_store
 from tasks.sample.generate import generate_sample_data
 from tests.prefect_server import PrefectTestServer
@@ -46,7 +55,7 @@ def mira(*args: str, code: int = 0) -> str:
     return result.output + (str(result.exception) if result.exception else "")
 
 
-def records(store: Store) -> list[dict[str, object]]:
+def records(store: Store) -> list[dict[str, Any]]:
     return [
         json.loads(line)
         for _, key in log_objects(store)
@@ -85,18 +94,47 @@ def test_a_scripted_session_yields_one_record_per_command(stores: tuple[Path, Pa
     assert [r["outcome"] for r in found] == ["ok", "ok", "ok", "failed", "ok", "failed"]
     first = found[0]
     assert first["who"] == f"os:{first['os_user']}" and first["host"] and first["mira_version"]
-    entries: list[dict[str, Any]] = first["stores"]  # type: ignore[assignment]
+    entries: list[dict[str, Any]] = first["stores"]
     read = next(e for e in entries if (e["store"], e["access"]) == ("gateway", "read"))
     assert read["prefix"] == "dropzone" and read["objects"] > 30 and read["bytes"] > 0
-    out = gateway.parent / "out"
-    into_out = [e for e in entries if e["access"] == "write" and e["url"].startswith(str(out))]
-    assert sum(e["objects"] for e in into_out) == sum(1 for p in out.rglob("*") if p.is_file())
-    hashed = [(e["url"], k) for e in into_out for k in e["keys"] if k["sha256"]]
-    assert hashed, "written objects carry the SHA-256 computed while writing"
-    for url, key in hashed:
-        assert hashlib.sha256((Path(url) / key["key"]).read_bytes()).hexdigest() == key["sha256"]
+    assert read["keys"] == [] and not read["keys_listed"]  # gateway names stay on the gateway
+    written = [e for e in entries if (e["store"], e["access"]) == ("other", "write")]
+    assert sum(e["objects"] for e in written) >= sum(
+        1 for p in (gateway.parent / "out").rglob("*") if p.is_file()
+    )
+    assert all(e["url"] == "" and e["keys"] == [] for e in written)
+    # No name from the drop zone (batch, patient folders, files) reached the research store.
+    names = {
+        part
+        for path in (gateway / "dropzone").rglob("*")
+        for part in path.relative_to(gateway / "dropzone").parts
+        if len(part) >= 6
+    }
+    assert "DOE_JANE" in names  # the sample's patient folder: PHI in a name
+    audit_bytes = b"".join(log.read_bytes(key) for _, key in log_objects(log))
+    assert [name for name in names if name.encode() in audit_bytes] == []
     check = verify_log(log)
     assert check.intact and check.objects == 6 and check.records == 6
+
+
+def test_research_writes_are_listed_with_their_sha256(tmp_path: Path) -> None:
+    settings = Settings(gateway_url=str(tmp_path / "gateway"), research_url=str(tmp_path / "rs"))
+    with audited(settings, "publish"):
+        settings.research().write_bytes("dicom/p/s/i.dcm", b"de-identified bytes")
+        settings.research().write_many({"pyramids/a.zarr/0": b"12", "pyramids/a.zarr/1": b"3"})
+        settings.gateway().write_bytes("dropzone/DOE_JANE/x.dcm", b"phi")
+    (record,) = records(settings.research())
+    entries = {(e["store"], e["access"]): e for e in record["stores"]}
+    written = entries[("research", "write")]
+    assert written["objects"] == 3 and written["bytes"] == len(b"de-identified bytes") + 3
+    assert {
+        "key": "dicom/p/s/i.dcm",
+        "bytes": 19,
+        "sha256": hashlib.sha256(b"de-identified bytes").hexdigest(),
+    } in written["keys"]
+    assert {k["key"] for k in written["keys"]} == {"dicom/p/s/i.dcm", "pyramids/a.zarr"}
+    assert entries[("gateway", "write")]["prefix"] == "dropzone"
+    assert b"DOE_JANE" not in settings.research().read_bytes(object_key(1))
 
 
 def test_audit_query_answers_in_sql_and_refuses_writes(stores: tuple[Path, Path]) -> None:
@@ -276,5 +314,5 @@ def test_a_pipeline_run_by_the_worker_is_one_record(
     assert [(r["operation"], r["kind"], r["outcome"]) for r in found] == [
         ("flow pipeline", "flow", "ok")
     ]
-    assert int(str(found[0]["objects_read"])) > 0 and int(str(found[0]["objects_written"])) > 0
+    assert found[0]["objects_read"] > 0 and found[0]["objects_written"] > 0
     assert verify_log(open_store(research)).intact
