@@ -92,6 +92,11 @@ class Settings(BaseSettings):
         None, description="Key of the keyed pseudonyms (HMAC); stays on the gateway side."
     )
     deid_secret_file: Path | None = Field(None, description="File holding the pseudonym key.")
+    deid_secret_block: str | None = Field(
+        None,
+        description="Name of a Prefect Secret block holding the pseudonym key (for deployments: "
+        "the server keeps it encrypted); read when neither MIRA_DEID_SECRET nor its file is set.",
+    )
     deid_profile: Path | None = Field(
         None, description="De-identification profile file (JSON/YAML); empty: the default profile."
     )
@@ -151,9 +156,12 @@ class Settings(BaseSettings):
             key = self.deid_secret.get_secret_value().encode()
         elif self.deid_secret_file is not None:
             key = _read_secret_file(self.deid_secret_file, "MIRA_DEID_SECRET_FILE")
+        elif self.deid_secret_block is not None:
+            key = _read_secret_block(self.deid_secret_block, "MIRA_DEID_SECRET_BLOCK").encode()
         else:
             raise ConfigError(
-                "no de-identification secret: set MIRA_DEID_SECRET or MIRA_DEID_SECRET_FILE"
+                "no de-identification secret: set MIRA_DEID_SECRET, MIRA_DEID_SECRET_FILE or "
+                "MIRA_DEID_SECRET_BLOCK"
             )
         if len(key) < MIN_SECRET_BYTES:
             raise ConfigError(
@@ -173,6 +181,20 @@ def _read_secret_file(path: Path, setting: str) -> bytes:
         return path.read_bytes().strip()
     except OSError as err:
         raise ConfigError(f"cannot read {setting} {path}: {err.strerror}") from None
+
+
+def _read_secret_block(name: str, setting: str) -> str:
+    """The value of the Prefect Secret block ``name``, from the server at PREFECT_API_URL."""
+    from prefect.blocks.system import Secret
+
+    try:
+        block: Secret = Secret.load(name, _sync=True)  # type: ignore[call-arg,assignment]
+        value = block.get()
+    except ValueError as err:  # Prefect: no block document of that name
+        raise ConfigError(f"{setting}: no Prefect Secret block named {name!r}") from err
+    if not isinstance(value, str):
+        raise ConfigError(f"{setting}: the Prefect Secret block {name!r} does not hold text")
+    return value.strip()
 
 
 def load_settings(**flags: Any) -> Settings:

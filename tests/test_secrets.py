@@ -190,3 +190,33 @@ def test_a_secret_file_error_names_the_file_not_the_content(
     key_file.write_text(f"  {SECRET_KEY}\n")
     monkeypatch.setenv("MIRA_S3_SECRET_ACCESS_KEY_FILE", str(key_file))
     assert Settings().s3_config().secret_access_key == SECRET_KEY
+
+
+def test_a_deployment_reads_the_secret_from_a_prefect_secret_block(
+    prefect_server: PrefectTestServer,
+    prefect_api: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """MIRA_DEID_SECRET_BLOCK names a Prefect Secret block: the worker needs no secret in its
+    environment, and the server keeps the value encrypted (it is not in its database)."""
+    from prefect.blocks.system import Secret
+
+    from mira.errors import ConfigError
+
+    value = f"block-{secrets.token_hex(24)}"
+    name = f"mira-deid-{uuid.uuid4().hex[:8]}"
+    Secret(value=value).save(name)
+    for variable in ("MIRA_DEID_SECRET", "MIRA_DEID_SECRET_FILE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("MIRA_DEID_SECRET_BLOCK", name)
+    assert Settings().deid_key() == value.encode()
+    assert value not in repr(Settings())
+    monkeypatch.setenv("MIRA_DEID_SECRET_BLOCK", "no-such-block")
+    with pytest.raises(ConfigError, match="no Prefect Secret block named 'no-such-block'"):
+        Settings().deid_key()
+    stored = b"".join(
+        path.read_bytes() for path in prefect_server.root.rglob("*") if path.is_file()
+    )
+    assert name.encode() in stored  # the block is there, by name
+    assert value.encode() not in stored  # its value only encrypted

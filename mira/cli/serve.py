@@ -91,10 +91,14 @@ def serve(
     try:
         console.print(f"starting the Prefect server on {config.base_url} (state in {home})")
         stack.start()
-        if settings.deid_secret is None and settings.deid_secret_file is None:
+        if (
+            settings.deid_secret is None
+            and settings.deid_secret_file is None
+            and settings.deid_secret_block is None
+        ):
             console.print(
-                "[yellow]no MIRA_DEID_SECRET / MIRA_DEID_SECRET_FILE:[/] pipeline runs will stop "
-                "at de-identification"
+                "[yellow]no MIRA_DEID_SECRET / MIRA_DEID_SECRET_FILE / MIRA_DEID_SECRET_BLOCK:[/] "
+                "pipeline runs will stop at de-identification"
             )
         for name in stack.skipped:
             console.print(f"[yellow]deployment {name} skipped:[/] its flow is not written yet")
