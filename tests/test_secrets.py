@@ -167,6 +167,12 @@ def test_reprs_hide_the_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
         assert DEID_SECRET not in text and SECRET_KEY not in text
     assert settings.s3_config().secret_access_key == SECRET_KEY
     assert settings.deid_key() == DEID_SECRET.encode()
+    from tasks.deid import DeidPolicy
+    from tasks.deid.stage import DeidJob
+
+    store = open_store(tmp_path)
+    job = DeidJob(store, store, "b", settings.deid_key(), DeidPolicy.default())
+    assert DEID_SECRET not in repr(job) and job.key == DEID_SECRET.encode()
 
 
 def test_a_secret_file_error_names_the_file_not_the_content(

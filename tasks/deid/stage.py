@@ -117,7 +117,7 @@ class DeidJob:
     source: Store
     staging: Store
     batch: str
-    key: bytes
+    key: bytes = field(repr=False)  # Dask logs a failed task's repr: never the secret
     policy: DeidPolicy
 
 
