@@ -6,11 +6,13 @@ boxes; the recogniser then reads each one, and a box is kept only when it reads 
 characters with confidence (bone, vessels and Doppler flow make the detector fire, but do not read
 as text). What the text says is never kept. The sessions are loaded once per process.
 
-Frames of any depth are windowed to 8 bit before detection. A 16-bit (or float) frame is looked at
-through two windows, its full range and its histogram equalised, because annotations drawn at the
-type's maximum leave anatomy (and text drawn at the anatomy's level) too faint in the first: the
-boxes of both are merged. Frames larger than the network's comfortable size are first downscaled (never below
-half size, to keep small text legible) and then cut into overlapping tiles.
+Frames of any depth are windowed to 8 bit before detection. A grey frame is looked at over its
+full range and with its local contrast raised (CLAHE); a 16-bit (or float) one also with its
+histogram equalised, because annotations drawn at the type's maximum leave anatomy (and text
+drawn at the anatomy's level) too faint in the full range. An RGB frame is looked at as it is and
+as grey with its local contrast raised. The boxes of every view are merged. Frames larger than
+the network's comfortable size are first downscaled (never below half size, to keep small text
+legible) and then cut into overlapping tiles.
 """
 
 from __future__ import annotations
@@ -76,7 +78,9 @@ class TextBox:
 def find_text(frame: np.ndarray) -> list[TextBox]:
     """Text boxes in one frame: 2D grey of any integer or float dtype, or HxWx3 RGB uint8."""
     if frame.ndim == 3 and frame.shape[2] == 3:
-        views: Iterable[np.ndarray] = [_rgb_to_bgr8(frame)]
+        colour = _rgb_to_bgr8(frame)
+        grey = cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)
+        views: Iterable[np.ndarray] = [colour, np.repeat(_local_contrast(grey)[:, :, None], 3, 2)]
     elif frame.ndim == 2:
         views = (np.repeat(grey[:, :, None], 3, axis=2) for grey in _grey_windows(frame))
     else:
@@ -180,12 +184,20 @@ def _rgb_to_bgr8(frame: np.ndarray) -> np.ndarray:
 
 
 def _grey_windows(frame: np.ndarray) -> Iterator[np.ndarray]:
-    """8-bit views of a grey frame: its full range stretched (a narrow 8-bit range too) and,
-    when deeper than 8 bits, its equalised histogram."""
+    """8-bit views of a grey frame: its full range stretched (a narrow 8-bit range too), its
+    local contrast raised, and, when deeper than 8 bits, its equalised histogram."""
     values = frame.astype(np.float32)
-    yield _window(values, float(values.min()), float(values.max()))
+    stretched = _window(values, float(values.min()), float(values.max()))
+    yield stretched
     if frame.dtype != np.uint8:
         yield _equalised(frame)
+    yield _local_contrast(stretched)
+
+
+def _local_contrast(grey: np.ndarray) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation: text only slightly brighter or darker
+    than the anatomy or tissue right under it stands out."""
+    return np.asarray(cv2.createCLAHE(clipLimit=3.0, tileGridSize=(8, 8)).apply(grey))
 
 
 def _equalised(frame: np.ndarray) -> np.ndarray:

@@ -4,11 +4,14 @@ once clean and once with text rendered onto it, with the text boxes as ground tr
 Sources (none written by this project): pydicom's test files (CT and MR 16-bit, an NM whole body,
 an ultrasound RGB still and a 30-frame ultrasound cine, cropped to the parts without text),
 nibabel's test data (an MR angiography MIP, a 4D MR series taken as a cine), scikit-image's bundled
-pictures (a retinal fundus, an IHC stain, fluorescence cells, microaneurysms) and the project's own
-SVS fixture (its thumbnail and a 2000x1600 region of its full resolution). Each source gives several variants (slice or frame, flip,
-crop, intensity scale); text is drawn with OpenCV's Hershey fonts or a TrueType font through PIL,
-at sizes from 7 pixels high up, in corners, banners or over the anatomy, at full, middle or low
-contrast, bright on dark or dark on bright. Everything is deterministic for a seed.
+pictures (a retinal fundus, an IHC stain, fluorescence cells, microaneurysms) and the project's
+own SVS fixture (its thumbnail and a 2000x1600 region of its full resolution). Each source gives
+several variants (slice or frame, flip, crop, intensity scale); text is drawn with OpenCV's
+Hershey fonts or a TrueType font through PIL (its bundled font or OpenCV's DejaVu faces), from
+7 pixels high (and a 50th of the shorter side) up, in corners, banners or over the anatomy, at
+the maximum, a high or a middle level, bright on dark or dark on bright, in white or a colour;
+a line whose ink would not differ from what lies under 90% of it by a fifth of the range is
+redrawn in white or black. Everything is deterministic for a seed.
 """
 
 from __future__ import annotations
