@@ -17,6 +17,7 @@ BENCHMARKS = (
     "bench_catalog",
     "bench_snapshot",
     "bench_pipeline",
+    "bench_audit",
 )
 
 

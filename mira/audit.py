@@ -311,8 +311,8 @@ def append_records(
     """Append ``records`` as the log's next object, chained to the one before; a concurrent
     writer that takes the number first makes this one retry at the number after."""
     for _ in range(APPEND_ATTEMPTS):
-        objects = log_objects(store)
-        seq, prev = (objects[-1][0] + 1, store.sha256(objects[-1][1])) if objects else (1, GENESIS)
+        last = _last_seq(store)
+        seq, prev = (last + 1, store.sha256(object_key(last))) if last else (1, GENESIS)
         lines = [
             json.dumps({"seq": seq, "prev_sha256": prev, **r}, sort_keys=True, default=str)
             for r in records
@@ -326,8 +326,41 @@ def append_records(
             store.write_bytes(object_key(seq), body, exclusive=True, retention=retention)
         except AlreadyExists:
             continue
+        _remember_last_seq(store, seq)
         return AuditObject(seq, object_key(seq), hashlib.sha256(body).hexdigest())
     raise StoreError(f"could not append to {store.url_of(AUDIT_PREFIX)}: too many writers at once")
+
+
+def _hint_path(store: Store) -> Path:
+    """Where this machine remembers the log's last number: a hint, checked before use."""
+    base = store.cache_dir or Path.home() / ".cache" / "mira"
+    return base / "audit-head" / hashlib.sha256(store.url.encode()).hexdigest()[:24]
+
+
+def _last_seq(store: Store) -> int:
+    """The number of the log's last object (0: empty). From the remembered hint when that object
+    still exists, probing forward past what other machines appended since (a HEAD each);
+    else by listing ``audit/``, which grows with the log. The conditional PUT, not this, is
+    what keeps two writers from taking one number."""
+    try:
+        hint = int(_hint_path(store).read_text())
+    except (OSError, ValueError):
+        hint = 0
+    if hint > 0 and store.exists(object_key(hint)):
+        while store.exists(object_key(hint + 1)):
+            hint += 1
+        return hint
+    objects = log_objects(store)
+    return objects[-1][0] if objects else 0
+
+
+def _remember_last_seq(store: Store, seq: int) -> None:
+    path = _hint_path(store)
+    with contextlib.suppress(OSError):  # only a hint: a read-only home costs a listing
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
+        temp.write_text(str(seq))
+        temp.replace(path)
 
 
 @dataclass(frozen=True)
