@@ -5,7 +5,7 @@ every relayed connection, so requests in flight fail mid-way and new ones are re
 ``busy`` relay answers every request 503 itself and counts them. A slow link waits ``delay_s``
 before forwarding each chunk; ``flip_once`` damages the link: one byte in the middle of the first
 large chunk sent towards the server (a request body) is inverted, as a faulty NIC or middlebox
-might, once.
+might, once. A ``counting`` relay adds up the bytes it forwards towards the server.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class Relay:
         busy: bool = False,
         delay_s: float = 0.0,
         flip_once: bool = False,
+        counting: bool = False,
     ) -> None:
         target = urlsplit(config.endpoint_url or "")
         self.target = (target.hostname or "127.0.0.1", target.port or 80)
@@ -47,6 +48,8 @@ class Relay:
         self.delay_s = delay_s
         self.flip_pending = flip_once
         self.flipped = 0  # bytes inverted so far
+        self.counting = counting
+        self.upstream_bytes = 0  # bytes forwarded towards the server (when counting)
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._cut = threading.Event()
@@ -67,7 +70,7 @@ class Relay:
                     return
                 upstream = socket.create_connection(self.target)
                 self._sockets += [client, upstream]
-            if self.delay_s or self.flip_pending:
+            if self.delay_s or self.flip_pending or self.counting:
                 threading.Thread(target=self._damage, args=(client, upstream), daemon=True).start()
                 threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
                 continue
@@ -109,6 +112,9 @@ class Relay:
                         data = bytes(damaged)
                         self.flipped += 1
                 sink.sendall(data)
+                if self.counting:
+                    with self._lock:
+                        self.upstream_bytes += len(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
 

@@ -38,13 +38,16 @@ def publish_batch(
     *,
     instances: int = 3,
     slides: Mapping[str, bytes] | None = None,
+    instance_bytes: int = 0,
 ) -> dict[str, bytes]:
     """Write a published batch (data objects, then its catalog parts, instances last); returns
-    every data object by key."""
+    every data object by key. ``instance_bytes`` pads each instance to that size."""
     objects: dict[str, bytes] = {}
     rows = []
     for n in range(instances):
         data = dicom_bytes(n) + batch.encode()  # distinct bytes per batch
+        if instance_bytes > len(data):  # larger instances: padded with varied bytes
+            data += large_object(instance_bytes - len(data), order * 100_000 + n)
         key = instance_key(f"P{order}", f"2.25.{order}1", f"2.25.{order}2", f"2.25.{order}3{n}")
         objects[key] = data
         rows.append(_instance_row(batch, key, data, order, n))

@@ -207,13 +207,11 @@ def test_cli_replicates_and_reports_the_lag(
         if line.strip()
     ]
     (copied,) = [r for r in records if r["operation"] == "replicate"]
-    (remote,) = [s for s in copied["stores"] if s["url"] == target.url and s["access"] == "write"]
+    # the remote is a store outside the site's two: mira.audit keeps its counts, not its keys
+    (remote,) = [s for s in copied["stores"] if s["store"] == "other" and s["access"] == "write"]
     wanted = expected_contents(site, ["b-001", "b-002"])
     assert remote["objects"] == len(wanted)
-    data_keys = {k for k in wanted if not k.startswith("catalog/")}
-    listed = {entry["key"]: entry["sha256"] for entry in remote["keys"]}
-    assert data_keys <= set(listed)
-    assert all(listed[k] == __import__("hashlib").sha256(wanted[k]).hexdigest() for k in data_keys)
+    assert remote["bytes"] == sum(len(data) for data in wanted.values())
 
 
 def test_cli_refuses_a_target_without_its_own_credentials(tmp_path: Path) -> None:

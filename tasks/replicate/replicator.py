@@ -152,6 +152,13 @@ def replicate_batch(
         progress.release(claim)
 
 
+def _remote_keys(uploader: VerifiedUploader, plan: BatchPlan) -> set[str]:
+    """The keys the remote holds in the batch's folders (one listing per folder): an object
+    not among them needs no HEAD before it is sent."""
+    folders = {obj.key.rpartition("/")[0] + "/" for obj in plan.objects}
+    return {info.key for folder in sorted(folders) for info in uploader.store.list(folder)}
+
+
 def _is_done(progress: Progress, plan: BatchPlan) -> bool:
     done = progress.done_record(plan.batch)
     return done is not None and done.catalog_sha256 == {p.key: p.sha256 for p in plan.catalog}
@@ -169,10 +176,11 @@ def _copy_batch(
 ) -> BatchReport:
     started = time.monotonic()
     counters = Counters()
-    copier = ObjectCopier(local, uploader, progress, options, limiter, counters)
     results: list[ObjectResult] = []
     renewed = time.monotonic()
     try:
+        listed = _remote_keys(uploader, plan)
+        copier = ObjectCopier(local, uploader, progress, options, limiter, counters, listed)
         with ThreadPoolExecutor(max(1, options.concurrency)) as pool:
             # each object in a copy of this context: the audit trail's listener sees its I/O
             contexts = [contextvars.copy_context() for _ in plan.objects]

@@ -3,13 +3,15 @@ checksums the server verifies, resumed part by part, and verified on the remote 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import IO, Literal, TypeVar
 
 from mira.errors import IntegrityError, TransientStoreError
 from storage import Store
@@ -94,8 +96,12 @@ class ObjectCopier:
         options: LinkOptions,
         limiter: RateLimiter,
         counters: Counters,
+        listed: set[str] | None = None,
     ) -> None:
         self.local = local
+        self.listed = listed  # keys the remote held when the batch began; None: unknown
+        self._attempted: set[str] = set()
+        self._lock = threading.Lock()
         self.uploader = uploader
         self.progress = progress
         self.options = options
@@ -142,76 +148,110 @@ class ObjectCopier:
         raise AssertionError("unreachable")
 
     def _copy_once(self, obj: PlannedObject) -> ObjectResult:
-        remote = self.uploader.remote_copy(obj.key)
-        record = self.progress.upload_record(obj.key)
-        part_bytes = self.part_bytes
-        if remote is not None and remote.part_bytes:
-            part_bytes = remote.part_bytes
-        elif record is not None and record.sha256 == obj.sha256:
-            part_bytes = record.part_bytes
-        digests = self._local_digests(obj, part_bytes)
-        if remote is not None and _matches(remote, obj, digests):
-            self.progress.drop_upload(obj.key)
-            return ObjectResult(obj.key, "present")
-        if obj.size < self.part_bytes:
-            with self.local.open_read(obj.key) as stream:
-                data = stream.read()
-            if hashlib.sha256(data).hexdigest() != obj.sha256:
-                raise IntegrityError(f"{obj.key} changed while being sent; not sent")
-            self._put(obj.key, data, obj.sha256)
+        remote = self._remote_copy(obj.key)
+        if obj.size < self.part_bytes and not (remote is not None and remote.part_bytes):
+            data = self._read_checked(obj)  # small: read once, checked, then sent from memory
+            if remote is not None and _matches(remote, obj, [hashlib.sha256(data).digest()]):
+                return ObjectResult(obj.key, "present")
+            if not self._put(obj.key, data, obj.sha256):
+                self._verify(obj, [hashlib.sha256(data).digest()])
         else:
-            self._multipart(obj, digests, part_bytes)
-        self._verify(obj, digests)
+            record = self.progress.upload_record(obj.key)
+            part_bytes = self.part_bytes
+            if remote is not None and remote.part_bytes:
+                part_bytes = remote.part_bytes
+            elif record is not None and record.sha256 == obj.sha256:
+                part_bytes = record.part_bytes
+            with self._checked_source(obj, part_bytes) as (digests, source):
+                if remote is not None and _matches(remote, obj, digests):
+                    self.progress.drop_upload(obj.key)
+                    return ObjectResult(obj.key, "present")
+                if obj.size < self.part_bytes:
+                    source.seek(0)
+                    self._put(obj.key, source.read(), obj.sha256)
+                else:
+                    self._multipart(obj, digests, part_bytes, source)
+            self._verify(obj, digests)
         if remote is not None:
             log.warning("remote copy of %s differed from the catalog: sent again", obj.key)
             return ObjectResult(obj.key, "resent", "the remote copy differed from the catalog")
         return ObjectResult(obj.key, "sent")
 
-    def _local_digests(self, obj: PlannedObject, part_bytes: int) -> list[bytes]:
-        """SHA-256 of each part of the local object; refused unless the whole matches the
-        catalog (so bytes the catalog does not vouch for are never sent)."""
+    def _remote_copy(self, key: str) -> RemoteCopy | None:
+        """What the remote holds at ``key``: asked with a HEAD, unless the batch's listing showed
+        no such key and this is the first attempt (a retry asks: its PUT may have landed)."""
+        with self._lock:
+            first = key not in self._attempted
+            self._attempted.add(key)
+        if first and self.listed is not None and key not in self.listed:
+            return None
+        return self.uploader.remote_copy(key)
+
+    def _read_checked(self, obj: PlannedObject) -> bytes:
+        """The whole (small) object, refused unless it matches the catalog's SHA-256."""
+        data = self.local.read_bytes(obj.key)
+        if len(data) != obj.size or hashlib.sha256(data).hexdigest() != obj.sha256:
+            raise IntegrityError(
+                f"{self.local.url_of(obj.key)} does not match its catalog SHA-256; not sent"
+            )
+        return data
+
+    @contextlib.contextmanager
+    def _checked_source(
+        self, obj: PlannedObject, part_bytes: int
+    ) -> Iterator[tuple[list[bytes], IO[bytes]]]:
+        """The SHA-256 of each part of a large object and a seekable stream of its bytes,
+        refused unless the whole matches the catalog (bytes it does not vouch for are never
+        sent). A remote site store is read once, into a private spool file; a local file is
+        read in place."""
         whole = hashlib.sha256()
         digests: list[bytes] = []
         size = 0
-        with self.local.open_read(obj.key) as stream:
+        with contextlib.ExitStack() as stack:
+            stream: IO[bytes] = stack.enter_context(self.local.open_read(obj.key))
+            spool = None if self.local.is_local else stack.enter_context(tempfile.TemporaryFile())
             while chunk := read_up_to(stream, part_bytes):
                 whole.update(chunk)
                 digests.append(hashlib.sha256(chunk).digest())
                 size += len(chunk)
-        if whole.hexdigest() != obj.sha256 or size != obj.size:
-            raise IntegrityError(
-                f"{self.local.url_of(obj.key)} does not match its catalog SHA-256; not sent"
-            )
-        return digests or [hashlib.sha256(b"").digest()]
+                if spool is not None:
+                    spool.write(chunk)
+            if whole.hexdigest() != obj.sha256 or size != obj.size:
+                raise IntegrityError(
+                    f"{self.local.url_of(obj.key)} does not match its catalog SHA-256; not sent"
+                )
+            yield digests or [hashlib.sha256(b"").digest()], spool or stream
 
-    def _put(self, key: str, data: bytes, sha: str) -> None:
+    def _put(self, key: str, data: bytes, sha: str) -> bool:
+        """One checked PUT; True when the server's reply names the checksum it stored (equal to
+        the catalog's, else ``IntegrityError``), False when it named none."""
         self.limiter.take(len(data))
         self.counters.add(sent=len(data))
         stored = self.uploader.put(key, data, sha)
         if stored and stored != checksum_of(bytes.fromhex(sha)):
             raise IntegrityError(f"the remote stored another checksum for {key}")
+        return bool(stored)
 
-    def _multipart(self, obj: PlannedObject, digests: list[bytes], part_bytes: int) -> None:
+    def _multipart(
+        self, obj: PlannedObject, digests: list[bytes], part_bytes: int, source: IO[bytes]
+    ) -> None:
         record = self._resumable_upload(obj, digests, part_bytes)
         parts = dict(record.parts)
-        with self.local.open_read(obj.key) as stream:
-            for number, digest in enumerate(digests, start=1):
-                if number in parts:
-                    continue
-                stream.seek((number - 1) * part_bytes)
-                body = read_up_to(stream, part_bytes)
-                if hashlib.sha256(body).digest() != digest:
-                    self.uploader.abort_multipart(obj.key, record.upload_id)
-                    self.progress.drop_upload(obj.key)
-                    raise IntegrityError(f"{obj.key} changed while being sent; not sent")
-                self.limiter.take(len(body))
-                self.counters.add(sent=len(body))
-                etag = self.uploader.put_part(obj.key, record.upload_id, number, body, digest)
-                parts[number] = (etag, digest.hex())
-                record = UploadRecord(
-                    obj.key, obj.sha256, record.upload_id, part_bytes, dict(parts)
-                )
-                self.progress.save_upload(record)
+        for number, digest in enumerate(digests, start=1):
+            if number in parts:
+                continue
+            source.seek((number - 1) * part_bytes)
+            body = read_up_to(source, part_bytes)
+            if hashlib.sha256(body).digest() != digest:
+                self.uploader.abort_multipart(obj.key, record.upload_id)
+                self.progress.drop_upload(obj.key)
+                raise IntegrityError(f"{obj.key} changed while being sent; not sent")
+            self.limiter.take(len(body))
+            self.counters.add(sent=len(body))
+            etag = self.uploader.put_part(obj.key, record.upload_id, number, body, digest)
+            parts[number] = (etag, digest.hex())
+            record = UploadRecord(obj.key, obj.sha256, record.upload_id, part_bytes, dict(parts))
+            self.progress.save_upload(record)
         listing = [(n, parts[n][0], digests[n - 1]) for n in range(1, len(digests) + 1)]
         composite = self.uploader.complete_multipart(
             obj.key, record.upload_id, listing, size=obj.size, sha256=obj.sha256
