@@ -16,6 +16,7 @@ BENCHMARKS = (
     "bench_tile_reads",
     "bench_catalog",
     "bench_snapshot",
+    "bench_replicate",
     "bench_pipeline",
     "bench_audit",
 )
