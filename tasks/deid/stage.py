@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 SUMMARY_NAME = "summary.json"
 INLINE_MAX_FILES = 50
 FILES_PER_TASK = 100
+LOCAL_FILES_PER_TASK = 25
 PUBLISH_THREADS = 8
 SNIFF_THREADS = 8
 
@@ -264,7 +265,10 @@ def run_groups(
     report = progress or (lambda done, total: None)
     slides = [i for i in items if i.format == "slide"]
     dicoms = [i for i in items if i.format != "slide"]
-    groups = [[s] for s in slides] + _chunks(dicoms, FILES_PER_TASK)
+    # Local processes take smaller groups: no scheduler to spare, and the last group's tail
+    # (one core idle while the other finishes) stays short.
+    size = LOCAL_FILES_PER_TASK if local_processes else FILES_PER_TASK
+    groups = [[s] for s in slides] + _chunks(dicoms, size)
     if len(items) < INLINE_MAX_FILES and len(slides) <= 1:
         outcomes: list[Outcome] = []
         for group in groups:
