@@ -183,8 +183,11 @@ def _copy_batch(
         copier = ObjectCopier(local, uploader, progress, options, limiter, counters, listed)
         with ThreadPoolExecutor(max(1, options.concurrency)) as pool:
             # each object in a copy of this context: the audit trail's listener sees its I/O
-            contexts = [contextvars.copy_context() for _ in plan.objects]
-            copies = pool.map(lambda c, o: c.run(copier.copy, o), contexts, plan.objects)
+            # largest first: a large object's parts go one after the other, so started last
+            # it would leave the other senders idle at the end of the batch
+            objects = sorted(plan.objects, key=lambda o: -o.size)
+            contexts = [contextvars.copy_context() for _ in objects]
+            copies = pool.map(lambda c, o: c.run(copier.copy, o), contexts, objects)
             for result in copies:
                 results.append(result)
                 if time.monotonic() - renewed > progress.lease.total_seconds() / 3:

@@ -4,12 +4,14 @@ checksums the server verifies, resumed part by part, and verified on the remote 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import logging
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Literal, TypeVar
 
@@ -235,27 +237,45 @@ class ObjectCopier:
     def _multipart(
         self, obj: PlannedObject, digests: list[bytes], part_bytes: int, source: IO[bytes]
     ) -> None:
+        """Send the parts the upload lacks, several at once (``concurrency``), recording each
+        part the server confirms; then complete the upload and compare its composite checksum."""
         record = self._resumable_upload(obj, digests, part_bytes)
+        upload_id = record.upload_id
         parts = dict(record.parts)
-        for number, digest in enumerate(digests, start=1):
-            if number in parts:
-                continue
-            source.seek((number - 1) * part_bytes)
-            body = read_up_to(source, part_bytes)
+        pending = [n for n in range(1, len(digests) + 1) if n not in parts]
+        lock = threading.Lock()
+
+        def send(number: int) -> None:
+            digest = digests[number - 1]
+            with lock:  # one stream: reads take turns
+                source.seek((number - 1) * part_bytes)
+                body = read_up_to(source, part_bytes)
             # a local file may change under us; the private spool holds the bytes just checked
             if self.local.is_local and hashlib.sha256(body).digest() != digest:
-                self.uploader.abort_multipart(obj.key, record.upload_id)
-                self.progress.drop_upload(obj.key)
                 raise IntegrityError(f"{obj.key} changed while being sent; not sent")
             self.limiter.take(len(body))
             self.counters.add(sent=len(body))
-            etag = self.uploader.put_part(obj.key, record.upload_id, number, body, digest)
-            parts[number] = (etag, digest.hex())
-            record = UploadRecord(obj.key, obj.sha256, record.upload_id, part_bytes, dict(parts))
-            self.progress.save_upload(record)
+            etag = self.uploader.put_part(obj.key, upload_id, number, body, digest)
+            with lock:
+                parts[number] = (etag, digest.hex())
+                self.progress.save_upload(
+                    UploadRecord(obj.key, obj.sha256, upload_id, part_bytes, dict(parts))
+                )
+
+        if pending:
+            contexts = [contextvars.copy_context() for _ in pending]
+            workers = min(len(pending), max(1, self.options.concurrency))
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(lambda c, n: c.run(send, n), contexts, pending))
+            except IntegrityError as err:
+                if not isinstance(err, ChecksumRefused):
+                    self.uploader.abort_multipart(obj.key, upload_id)
+                    self.progress.drop_upload(obj.key)
+                raise
         listing = [(n, parts[n][0], digests[n - 1]) for n in range(1, len(digests) + 1)]
         composite = self.uploader.complete_multipart(
-            obj.key, record.upload_id, listing, size=obj.size, sha256=obj.sha256
+            obj.key, upload_id, listing, size=obj.size, sha256=obj.sha256
         )
         self.progress.drop_upload(obj.key)
         if composite and composite != composite_checksum(digests):
