@@ -48,9 +48,12 @@ DETECTION_SIDE = 800
 MAX_UPSCALE = 2.5
 RECOGNITION_MODEL = "ch_PP-OCRv4_rec_infer.onnx"
 # A proposed box is text when the recogniser reads at least READ_MIN_CHARACTERS characters in it
-# with at least READ_MIN_SCORE confidence.
+# with at least READ_MIN_SCORE confidence; a reading shorter than SHORT_READING characters needs
+# SHORT_READING_SCORE (vessels and tissue edges read as "18" or "180" at 0.5 to 0.7).
 READ_MIN_CHARACTERS = 2
 READ_MIN_SCORE = 0.5
+SHORT_READING = 4
+SHORT_READING_SCORE = 0.8
 ALONG_LINE = 0.5
 
 
@@ -170,10 +173,14 @@ def _reads_as_text(view: np.ndarray, box: TextBox) -> bool:
     if crop.shape[0] >= 1.5 * crop.shape[1]:  # a vertical line: read it turned either way
         crops = [np.rot90(crop), np.rot90(crop, -1)]
     readings, _elapsed = _recogniser()([np.ascontiguousarray(c) for c in crops])
-    return any(
-        float(score) >= READ_MIN_SCORE and len(text.replace(" ", "")) >= READ_MIN_CHARACTERS
-        for text, score in readings
-    )
+    return any(_is_reading(text.replace(" ", ""), float(score)) for text, score in readings)
+
+
+def _is_reading(text: str, score: float) -> bool:
+    """Whether a recogniser output is a confident reading of text (see READ_MIN_* above)."""
+    if len(text) < READ_MIN_CHARACTERS:
+        return False
+    return score >= (SHORT_READING_SCORE if len(text) < SHORT_READING else READ_MIN_SCORE)
 
 
 def _rgb_to_bgr8(frame: np.ndarray) -> np.ndarray:
