@@ -167,6 +167,28 @@ def test_a_dead_holders_claim_is_taken_over(site: Store) -> None:
     progress.release(first.claim)
     taken = progress.claim("b-001", "me")
     assert taken.claimed and taken.claim.generation == 2
+    renewed = progress.renew(taken.claim)
+    assert renewed.expires_at > taken.claim.expires_at
+    assert progress.latest_claim("b-001") == renewed
+
+
+def test_a_claim_of_a_killed_process_on_this_host_is_stale_at_once(site: Store) -> None:
+    import dataclasses
+
+    progress = Progress(site, "cloud")
+    held = progress.claim("b-001", "killed-replicator").claim
+    dead = dataclasses.replace(held, pid=_dead_pid())  # its lease has not expired
+    site.write_json("replication/cloud/claims/b-001/1.json", dataclasses.asdict(dead))
+    taken = progress.claim("b-001", "me")
+    assert taken.claimed and taken.claim.generation == 2
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
 
 
 def test_cli_replicates_and_reports_the_lag(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -144,12 +145,27 @@ def replicate_batch(
     if not outcome.claimed:
         return BatchReport(target, batch.batch, "held", detail=f"held by {outcome.claim.holder}")
     claim = outcome.claim
+    stop = threading.Event()
+    heartbeat = threading.Thread(target=_keep_lease, args=(progress, claim, stop), daemon=True)
+    heartbeat.start()
     try:
         if not reverify and _is_done(progress, plan):  # the previous holder finished it
             return BatchReport(target, batch.batch, "already")
-        return _copy_batch(local, target, uploader, progress, plan, options, limiter, claim)
+        return _copy_batch(local, target, uploader, progress, plan, options, limiter)
     finally:
+        stop.set()
+        heartbeat.join()
         progress.release(claim)
+
+
+def _keep_lease(progress: Progress, claim: BatchClaim, stop: threading.Event) -> None:
+    """Renew the claim every third of its lease while the batch is being copied (a large
+    batch on a slow link outlasts one lease)."""
+    while not stop.wait(progress.lease.total_seconds() / 3):
+        try:
+            claim = progress.renew(claim)
+        except StoreError as err:  # the next renewal may get through; the lease is long
+            log.warning("could not renew the claim on %s: %s", claim.batch, err)
 
 
 def _remote_keys(uploader: VerifiedUploader, plan: BatchPlan) -> set[str]:
@@ -172,27 +188,20 @@ def _copy_batch(
     plan: BatchPlan,
     options: LinkOptions,
     limiter: RateLimiter,
-    claim: BatchClaim,
 ) -> BatchReport:
     started = time.monotonic()
     counters = Counters()
     results: list[ObjectResult] = []
-    renewed = time.monotonic()
     try:
         listed = _remote_keys(uploader, plan)
         copier = ObjectCopier(local, uploader, progress, options, limiter, counters, listed)
         with ThreadPoolExecutor(max(1, options.concurrency)) as pool:
             # each object in a copy of this context: the audit trail's listener sees its I/O
-            # largest first: a large object's parts go one after the other, so started last
-            # it would leave the other senders idle at the end of the batch
+            # largest first: a large object started last would trail alone at the batch's end
             objects = sorted(plan.objects, key=lambda o: -o.size)
             contexts = [contextvars.copy_context() for _ in objects]
             copies = pool.map(lambda c, o: c.run(copier.copy, o), contexts, objects)
-            for result in copies:
-                results.append(result)
-                if time.monotonic() - renewed > progress.lease.total_seconds() / 3:
-                    claim = progress.renew(claim)
-                    renewed = time.monotonic()
+            results.extend(copies)
         refused = tuple(r.key for r in results if r.outcome == "refused") + plan.refused
         if refused:
             log.error(
