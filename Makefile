@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 DATA ?= data
 
-.PHONY: venv demo test lint typecheck unit serve bench lock clean fixtures
+.PHONY: venv demo demo-remote test lint typecheck unit serve bench lock clean fixtures
 
 venv: $(STAMP)
 
@@ -32,6 +32,11 @@ lock:
 
 demo: venv
 	$(BIN)/mira demo --data $(DATA)
+
+# The demo's research store replicated to a second SeaweedFS server as the remote
+# (docs/replication.md); runs the demo first when $(DATA) has none.
+demo-remote: venv
+	$(BIN)/python -m tests.remote_demo --data $(DATA)
 
 lint: venv
 	$(BIN)/ruff check .
