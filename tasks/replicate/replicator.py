@@ -226,6 +226,8 @@ def _copy_batch(
         log.error("replication of %s to %s stopped: %s", plan.batch, target, err)
         return _report(target, plan, "failed", results, counters, started, detail=str(err))
     report = _report(target, plan, "replicated", results, counters, started)
+    if counters.sent_bytes == 0 and _is_done(progress, plan):
+        return report  # a re-verification that found nothing to send keeps the measured rate
     progress.save_done(
         BatchDone(
             batch=plan.batch,
