@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
+import tifffile
 
 from mira.errors import DeidentificationError
 from tasks.deid import DeidPolicy, deidentify_dicom, policy_from_mapping
@@ -145,3 +146,15 @@ def test_profile_ocr_keys_are_checked() -> None:
     for bad in ({"ocr": "yes"}, {"ocr_pad": 2.5}, {"ocr_pad": 100}):
         with pytest.raises(Exception, match="ocr"):
             policy_from_mapping(bad)
+
+
+def test_handwritten_vertical_label_of_a_real_slide_is_found() -> None:
+    """The SVS fixture's label photograph carries 'CMU-1' written top to bottom by hand."""
+    slide = Path(__file__).parent / "fixtures" / "cmu_small_region.svs"
+    with tifffile.TiffFile(slide) as tiff:
+        label = np.asarray(tiff.pages[2].asarray())[:, :, :3]
+    boxes = find_text(label)
+    assert len(boxes) == 1
+    box = boxes[0]
+    assert box.y1 - box.y0 > 2 * (box.x1 - box.x0)  # one vertical line, grown along itself
+    assert box.y1 - box.y0 > 0.8 * label.shape[0]

@@ -102,9 +102,14 @@ def find_text(frame: np.ndarray) -> list[TextBox]:
 
 
 def _along_line(box: TextBox, rows: int, columns: int) -> TextBox:
-    """The box grown along its line by ALONG_LINE of its height on each side: over clutter the
-    detector often boxes only part of a line, and the rest of the line is where the text goes on."""
-    grow = int(np.ceil(ALONG_LINE * (box.y1 - box.y0)))
+    """The box grown along its line by ALONG_LINE of its thickness on each side: over clutter the
+    detector often boxes only part of a line, and the rest of the line is where the text goes on.
+    A box 1.5 times taller than wide is a vertical line (a slide label) and grows up and down."""
+    width, height = box.x1 - box.x0, box.y1 - box.y0
+    if height >= 1.5 * width:
+        grow = int(np.ceil(ALONG_LINE * width))
+        return TextBox(box.x0, max(0, box.y0 - grow), box.x1, min(rows, box.y1 + grow), box.score)
+    grow = int(np.ceil(ALONG_LINE * height))
     return TextBox(max(0, box.x0 - grow), box.y0, min(columns, box.x1 + grow), box.y1, box.score)
 
 
